@@ -1,0 +1,47 @@
+# Flotilla. `make run` starts an all-in-one cluster on embedded defaults;
+# `make test` is what CI runs (.ci/run).
+GO        ?= go
+BIN       := bin/flotilla
+PKGS      := ./...
+# -race where it fits in CI's time; the end-to-end packages build the binary
+# themselves.
+TESTFLAGS ?= -race -timeout 25m
+DATA      ?= ./data
+
+.PHONY: all build test test-short run bench soak lint fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/flotilla
+
+test: build
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) test $(TESTFLAGS) $(PKGS)
+
+# Unit tests only: skips the multi-process and container suites.
+test-short:
+	$(GO) test -short $(PKGS)
+
+run: build
+	./$(BIN) server --data-dir $(DATA) --bootstrap-expect 1 --bind 127.0.0.1
+
+# Benchmarks never run in CI. Results and the command go in BENCHMARKS.md.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m ./fsm/ ./cluster/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/...
+
+# Slow repetitions of the fault tests.
+soak: build
+	FLOTILLA_SOAK=1 $(GO) test -run 'Linearizab|Failover|Soak' -timeout 120m ./cluster/... ./integration/...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecodeTxn -fuzztime 60s ./fsm/
+
+lint:
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+
+clean:
+	rm -rf bin
