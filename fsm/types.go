@@ -94,8 +94,8 @@ type Txn struct {
 // TxnResult is what applying a Txn returns (as raft's future.Response()).
 type TxnResult struct {
 	Succeeded bool
-	// Revision is the store revision after this entry: its Raft index when it
-	// succeeded, the unchanged current revision when a compare failed.
+	// Revision is the store revision after this entry: its Raft index, also
+	// when a compare failed (every entry advances Store.Revision).
 	Revision uint64
 	// FailedCompare is the index of the first compare that failed, -1 on success.
 	FailedCompare int
