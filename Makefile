@@ -2,6 +2,14 @@
 # `make test` is what CI runs (.ci/run).
 GO        ?= go
 BIN       := bin/flotilla
+# The embedded kubectl reports this version, one minor within the API's.
+KVERSION  := v1.37.2
+LDFLAGS   := -X k8s.io/client-go/pkg/version.gitVersion=$(KVERSION) \
+             -X k8s.io/client-go/pkg/version.gitMajor=1 \
+             -X k8s.io/client-go/pkg/version.gitMinor=37 \
+             -X k8s.io/component-base/version.gitVersion=$(KVERSION) \
+             -X k8s.io/component-base/version.gitMajor=1 \
+             -X k8s.io/component-base/version.gitMinor=37
 PKGS      := ./...
 # -race where it fits in CI's time; the end-to-end packages build the binary
 # themselves.
@@ -13,7 +21,7 @@ DATA      ?= ./data
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/flotilla
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/flotilla
 
 test: build
 	$(GO) vet $(PKGS)
@@ -31,6 +39,7 @@ run: build
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m ./fsm/ ./cluster/...
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/...
+	cd bench && $(GO) run ./cmd/storebench -flotilla ../$(BIN) $(BENCHFLAGS)
 
 # Slow repetitions of the fault tests.
 soak: build

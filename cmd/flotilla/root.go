@@ -52,6 +52,8 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(
 		newServerCommand(logs),
 		newOperatorCommand(),
+		newKubectlCommand(),
+		newKubeconfigCommand(),
 	)
 	return root
 }

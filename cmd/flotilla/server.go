@@ -122,7 +122,17 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 		_ = node.Shutdown(context.Background())
 		return err
 	}
-	log.Info("server started", "name", o.name, "api", ln.Addr().String(), "data_dir", o.dataDir)
+	kcAddr := net.JoinHostPort(o.bind, strconv.Itoa(o.apiPort))
+	if o.advertise != "" {
+		kcAddr = net.JoinHostPort(o.advertise, strconv.Itoa(o.apiPort))
+	} else if ip := net.ParseIP(o.bind); ip == nil || ip.IsUnspecified() {
+		kcAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(o.apiPort))
+	}
+	kc, err := writeKubeconfig(o.dataDir, kcAddr)
+	if err != nil {
+		log.Warn("no kubeconfig written", "err", err)
+	}
+	log.Info("server started", "name", o.name, "api", ln.Addr().String(), "data_dir", o.dataDir, "kubeconfig", kc)
 
 	select {
 	case <-ctx.Done():

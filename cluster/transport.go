@@ -1,0 +1,84 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+const (
+	raftMaxPool = 3
+	// raftIOTimeout is the transport's I/O deadline per RPC (scaled up for
+	// snapshot installs by raft).
+	raftIOTimeout = 10 * time.Second
+)
+
+// streamLayer is raft's StreamLayer over Config.Network: the listener comes
+// from Network.Listen and dials go through Network.DialContext, so TLS and
+// fault injection apply to Raft traffic too.
+type streamLayer struct {
+	net.Listener
+	network   Network
+	advertise net.Addr
+}
+
+func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return s.network.DialContext(ctx, "tcp", string(addr))
+}
+
+// Addr is the advertised address: raft puts it into configurations, so it
+// must be reachable by the other masters, never 0.0.0.0.
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
+
+// newTransport listens on the Raft port and wraps the listener in raft's
+// NetworkTransport.
+func newTransport(cfg Config, logger hclog.Logger) (*raft.NetworkTransport, *streamLayer, error) {
+	port := cfg.RaftPort
+	if port == AnyPort {
+		port = 0
+	}
+	bind := net.JoinHostPort(cfg.BindAddr, strconv.Itoa(port))
+	ln, err := cfg.Network.Listen("tcp", bind)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen for raft on %s: %w", bind, err)
+	}
+	tcp, ok := ln.Addr().(*net.TCPAddr)
+	if !ok {
+		ln.Close()
+		return nil, nil, fmt.Errorf("listen for raft on %s: not a TCP listener (%T)", bind, ln.Addr())
+	}
+	stream := &streamLayer{
+		Listener:  ln,
+		network:   cfg.Network,
+		advertise: &net.TCPAddr{IP: net.ParseIP(cfg.AdvertiseAddr), Port: tcp.Port},
+	}
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  stream,
+		MaxPool: raftMaxPool,
+		Timeout: raftIOTimeout,
+		Logger:  logger,
+	})
+	return trans, stream, nil
+}
+
+// newHTTPClient is the client for the other masters' internal endpoints:
+// one shared transport, so forwarded writes reuse kept-alive connections,
+// dialling through Network.
+func newHTTPClient(network Network) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext:         network.DialContext,
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		// Bodies are small binary transactions; compression costs more than it saves.
+		DisableCompression: true,
+	}}
+}
