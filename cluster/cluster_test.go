@@ -360,7 +360,7 @@ func writeMany(t *testing.T, n *cluster.Node, from, to int) {
 				if i >= to {
 					return
 				}
-				if _, err := n.Apply(ctxT(t), putTxn(key(i), "v")); err != nil {
+				if _, err := putRetry(ctxT(t), n, key(i), "v"); err != nil {
 					t.Errorf("put %d: %v", i, err)
 					return
 				}

@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -47,9 +48,30 @@ func mustApply(t *testing.T, n *cluster.Node, txn *fsm.Txn) *fsm.TxnResult {
 	return res
 }
 
+// putRetry applies an unconditional put, retrying while the outcome is
+// unknown or no leader is known: a put is idempotent, and on a loaded 2-core
+// CI machine a short-timed test cluster may change leaders under the test.
+func putRetry(ctx context.Context, n *cluster.Node, key, value string) (*fsm.TxnResult, error) {
+	for {
+		res, err := n.Apply(ctx, putTxn(key, value))
+		if err == nil || ctx.Err() != nil || !(errors.Is(err, cluster.ErrOutcomeUnknown) ||
+			errors.Is(err, cluster.ErrNoLeader) || errors.Is(err, cluster.ErrNotLeader)) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 func mustPut(t *testing.T, n *cluster.Node, key, value string) *fsm.TxnResult {
 	t.Helper()
-	res := mustApply(t, n, putTxn(key, value))
+	res, err := putRetry(ctxT(t), n, key, value)
+	if err != nil {
+		t.Fatalf("put %s on %s: %v", key, n.ID(), err)
+	}
 	if !res.Succeeded {
 		t.Fatalf("put %s on %s: not succeeded: %+v", key, n.ID(), res)
 	}
