@@ -37,7 +37,7 @@ run: build
 
 # Benchmarks never run in CI. Results and the command go in BENCHMARKS.md.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m ./fsm/ ./cluster/...
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m ./fsm/ ./cluster/... ./scheduler/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/...
 	cd bench && $(GO) run ./cmd/storebench -flotilla ../$(BIN) $(BENCHFLAGS)
 
