@@ -82,6 +82,68 @@ func TestProcessLeaderKill(t *testing.T) {
 		t.Fatalf("list-peers table should show 3 peers and a leader:\n%s", out)
 	}
 	t.Logf("list-peers:\n%s", out)
+
+	// The killed server restarts on its data dir and rejoins without
+	// bootstrapping again.
+	leader.start()
+	waitFor(t, 30*time.Second, old+" back as a follower", func() (bool, string) {
+		id, peers, err := leaderOf(leader)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, p := range peers {
+			if p.ID == old && p.State == "follower" && p.LastIndex > 0 {
+				return id != "", fmt.Sprintf("peers %+v", peers)
+			}
+		}
+		return false, fmt.Sprintf("peers %+v", peers)
+	})
+
+	operator := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		out, err := flotilla(ctx, append([]string{"operator"}, append(args, "--server", survivor.apiAddr())...)...)
+		if err != nil {
+			t.Fatalf("operator %v: %v: %s", args, err, out)
+		}
+		return out
+	}
+	// Hand leadership back to the restarted server, through a follower's API.
+	operator("raft", "transfer-leader", old)
+	waitFor(t, 10*time.Second, old+" to lead again", func() (bool, string) {
+		id, _, err := leaderOf(survivor)
+		if err != nil {
+			return false, err.Error()
+		}
+		return id == old, "leader " + id
+	})
+
+	// Save and restore a snapshot through the CLI.
+	snap := filepath.Join(t.TempDir(), "cluster.snap")
+	if out := operator("snapshot", "save", snap); !strings.Contains(out, "saved snapshot") {
+		t.Fatalf("snapshot save: %s", out)
+	}
+	if out := operator("snapshot", "restore", snap); !strings.Contains(out, "restored snapshot") {
+		t.Fatalf("snapshot restore: %s", out)
+	}
+
+	// Stop a follower for good and remove it.
+	var gone *server
+	for _, s := range servers {
+		if s.name != old && s != survivor {
+			gone = s
+		}
+	}
+	gone.kill()
+	operator("raft", "remove-peer", gone.name)
+	waitFor(t, 10*time.Second, "two peers left", func() (bool, string) {
+		peers, err := listPeers(survivor)
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(peers) == 2, fmt.Sprintf("peers %+v", peers)
+	})
 }
 
 // dirDigest lists every file under dir with a hash of its contents so a test
