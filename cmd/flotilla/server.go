@@ -13,10 +13,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"flotilla/api"
 	"flotilla/cluster"
+	"flotilla/scheduler"
 )
 
 type serverOptions struct {
@@ -83,6 +87,28 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	// Leader-only work reaches the API like any other client, over the
+	// local API port, so it behaves the same on every master and a new
+	// leader picks up where the old one stopped.
+	localAPI := net.JoinHostPort(loopbackFor(o.bind), strconv.Itoa(o.apiPort))
+	var apiServer *api.Server // set below; leader services start only after Start
+	leaderServices := []cluster.LeaderService{
+		{Name: "api-defaults", Run: func(ctx context.Context) error {
+			return retry(ctx, log, "api-defaults", func(ctx context.Context) error { return apiServer.EnsureDefaults(ctx) })
+		}},
+		supervised(log, "scheduler", func(ctx context.Context) error {
+			cs, err := localClient(localAPI, "scheduler")
+			if err != nil {
+				return err
+			}
+			s, err := scheduler.New(scheduler.Config{Client: cs, Logger: log.With("component", "scheduler")})
+			if err != nil {
+				return err
+			}
+			return s.Run(ctx)
+		}),
+	}
+
 	node, err := cluster.New(cluster.Config{
 		Name:              o.name,
 		DataDir:           o.dataDir,
@@ -96,8 +122,26 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 		DeadServerCleanup: o.deadServerCleanup,
 		Logger:            log.With("component", "cluster"),
 		Registerer:        reg,
+		LeaderServices:    leaderServices,
 	})
 	if err != nil {
+		return err
+	}
+	apiServer, err = api.New(api.Config{
+		Cluster:    node,
+		Logger:     log,
+		Registerer: reg,
+		Gatherer:   reg,
+		APIPort:    o.apiPort,
+		Ready: func() error {
+			if id, _ := node.Leader(); id == "" {
+				return cluster.ErrNoLeader
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		_ = node.Shutdown(context.Background())
 		return err
 	}
 
@@ -110,7 +154,7 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 		return fmt.Errorf("api listener: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           serverMux(node, reg),
+		Handler:           serverMux(node, apiServer),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
@@ -151,21 +195,69 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 
 // serverMux routes the API port: internal and operator endpoints go to the
 // cluster node, the rest to the Kubernetes API.
-func serverMux(node *cluster.Node, reg *prometheus.Registry) http.Handler {
+func serverMux(node *cluster.Node, apiServer *api.Server) http.Handler {
 	mux := http.NewServeMux()
 	nh := node.Handler()
 	mux.Handle("/internal/", nh)
 	mux.Handle("/flotilla/", nh)
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }
-	mux.HandleFunc("/healthz", ok)
-	mux.HandleFunc("/livez", ok)
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if id, _ := node.Leader(); id == "" {
-			http.Error(w, "no leader", http.StatusServiceUnavailable)
-			return
-		}
-		ok(w, r)
-	})
+	mux.Handle("/", apiServer.Handler())
 	return mux
+}
+
+// loopbackFor is the address this process reaches its own API at.
+func loopbackFor(bind string) string {
+	if ip := net.ParseIP(bind); ip == nil || ip.IsUnspecified() {
+		return "127.0.0.1"
+	}
+	return bind
+}
+
+// localClient is a clientset for the leader's own components.
+func localClient(addr, component string) (kubernetes.Interface, error) {
+	cfg := &rest.Config{
+		Host:      "http://" + addr,
+		UserAgent: "flotilla-" + component,
+		QPS:       -1, // the API's in-flight limit protects it, not a client-side bucket
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// supervised runs fn for the whole term, restarting it with back-off when
+// it fails: a leader service that stops early would leave the cluster
+// without its scheduler until the next election.
+func supervised(log *slog.Logger, name string, fn func(ctx context.Context) error) cluster.LeaderService {
+	return cluster.LeaderService{Name: name, Run: func(ctx context.Context) error {
+		backoff := 100 * time.Millisecond
+		for {
+			err := fn(ctx)
+			if ctx.Err() != nil {
+				return nil
+			}
+			log.Warn("leader service failed; restarting", "service", name, "err", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 10*time.Second)
+		}
+	}}
+}
+
+// retry runs fn until it succeeds or ctx ends.
+func retry(ctx context.Context, log *slog.Logger, name string, fn func(ctx context.Context) error) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := fn(ctx)
+		if err == nil || ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("leader task failed; retrying", "task", name, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }

@@ -1,0 +1,87 @@
+// Package api is the Kubernetes-compatible HTTP API that every master serves.
+//
+// # What it owns
+//
+// Routing (gorilla/mux) of /api/v1/..., /apis/apps/v1/... (namespaced,
+// cluster-scoped and all-namespace paths, legacy /watch/ paths and
+// subresources); decoding request bodies (JSON, YAML, protobuf) into
+// k8s.io/api types with fieldValidation=Strict|Warn|Ignore; defaulting and
+// validation as kube-apiserver does for the fields Flotilla serves;
+// stamping uid, creationTimestamp and generation; the verbs create, get,
+// list, watch, update, patch (JSON, merge and strategic merge), delete and
+// deletecollection; status/scale/binding/eviction subresources; ClusterIP
+// and NodePort allocation; discovery (plain and aggregated v2), /version,
+// /healthz, /livez, /readyz and /metrics; Table output for kubectl get
+// (list, get and watch; kube's printer columns for our resources, Name and
+// Age otherwise); every error as a metav1.Status.
+//
+// It talks to the Raft group only through Cluster (Apply, ReadIndex,
+// Store), which *cluster.Node satisfies and apitest.Cluster doubles.
+//
+// # What it must not do
+//
+// It never writes the FSM except through Cluster.Apply, never reads a clock
+// inside a transaction (times and UIDs are stamped here, before Apply), and
+// holds no cache of its own: every read is the local fsm.Store. It does not
+// claim the /internal/ and /flotilla/ HTTP prefixes (cluster.Node.Handler
+// serves them next to this handler). TLS, authentication and authorization
+// plug in through Config.Middleware; OpenAPI documents through Config.Extra.
+//
+// # Decisions
+//
+// Keys: /<group>/<resource>/<namespace>/<name>, the core group written
+// "core"; cluster-scoped objects /<group>/<resource>/<name>. Values are the
+// object's JSON with apiVersion and kind and without resourceVersion.
+// Allocations live beside them: /flotilla/allocations/clusterips/<ip> and
+// /flotilla/allocations/nodeports/<port>, valued with the owning Service's
+// key, claimed with CompareAbsent in the transaction that writes the Service
+// and deleted in the one that removes it, so two masters cannot hand out
+// one address. 10.96.0.1 (the first address of ServiceCIDR) is reserved for
+// default/kubernetes, which EnsureDefaults creates with the default namespaces.
+//
+// resourceVersion is the key's ModRevision (the Raft index of its last
+// write); a list's is the revision of the view it read. Reads: no
+// resourceVersion = linearizable (ReadIndex, then the local store); "0" = the
+// local store as it is; N = the local store once it has applied N (waiting
+// up to Config.FutureRevisionWait, then 504 "Too large resource version"
+// with Retry-After, as kube-apiserver). resourceVersionMatch=Exact (and the
+// legacy limit+resourceVersion form) reads the retained view at N or 410.
+// Continue tokens are kube's format, base64 of {"v","rv","start"}; a token
+// whose view the store no longer retains is 410 Expired.
+//
+// Writes compare ModRevision: an update with a stale resourceVersion is 409
+// Conflict; an update, patch or delete without one re-reads and retries; a
+// write that changes nothing is skipped. create compares the key's absence
+// (409 AlreadyExists) and the namespace's revision (a namespace being
+// deleted refuses new content with 403).
+//
+// Watches are served from the local store's history by any master:
+// ADDED/MODIFIED/DELETED as seen through the selectors (an object that stops
+// matching is DELETED, one that starts matching ADDED), the current state
+// first when resourceVersion is unset or "0" or sendInitialEvents=true (then
+// the "k8s.io/initial-events-end" BOOKMARK that client-go's watch-list
+// waits for), periodic BOOKMARKs carrying the last revision delivered, and an
+// ERROR event with a 410 Expired Status when the revision is older than the
+// history or the store drops the watcher (too slow, restored snapshot).
+//
+// Deletion: propagationPolicy Orphan/Foreground add the orphan and
+// foregroundDeletion finalizers (the garbage collector removes them); an
+// object with finalizers gets deletionTimestamp and deletionGracePeriodSeconds
+// 0 and stays until an update removes the last finalizer, which deletes it.
+// A pod bound to a node is deleted gracefully (deletionTimestamp = now +
+// grace) and stays until the agent, or a delete with grace 0, removes it; an
+// unbound or finished pod goes at once. A namespace becomes Terminating and
+// stays until the namespace controller empties spec.finalizers (finalize).
+//
+// # Not supported (answered, never ignored)
+//
+// Server-side apply (415 naming client-side apply instead); volume types other than
+// emptyDir, configMap, secret, hostPath, projected (serviceAccountToken,
+// configMap, secret, downwardAPI) and downwardAPI; ephemeral containers,
+// block volume devices, resource claims, dual-stack Services (all 422 "not
+// supported by Flotilla"); watch streams in protobuf (JSON only; every
+// client-go client accepts it); PodDisruptionBudgets (every eviction is
+// allowed); pods/log and pods/exec answer 503 "no agent endpoint for node
+// X" until the agent issue provides the endpoint; managedFields are not
+// tracked.
+package api
