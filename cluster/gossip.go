@@ -98,6 +98,9 @@ type gossipState struct {
 	// changed is signalled (without blocking) on every membership change;
 	// the reconciler and the bootstrap loop listen.
 	changed chan struct{}
+	// subscribers are signalled the same way, one channel each (see
+	// Node.MembershipChanges).
+	subscribers []chan struct{}
 }
 
 func newGossipState(n *Node) *gossipState {
@@ -108,6 +111,15 @@ func (g *gossipState) notify() {
 	select {
 	case g.changed <- struct{}{}:
 	default:
+	}
+	g.mu.Lock()
+	subs := g.subscribers
+	g.mu.Unlock()
+	for _, c := range subs {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 }
 

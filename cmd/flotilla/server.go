@@ -20,6 +20,7 @@ import (
 
 	"flotilla/api"
 	"flotilla/cluster"
+	"flotilla/cluster/controllers"
 	"flotilla/scheduler"
 )
 
@@ -92,6 +93,7 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 	// leader picks up where the old one stopped.
 	localAPI := net.JoinHostPort(loopbackFor(o.bind), strconv.Itoa(o.apiPort))
 	var apiServer *api.Server // set below; leader services start only after Start
+	var health *gossipHealth  // likewise
 	leaderServices := []cluster.LeaderService{
 		{Name: "api-defaults", Run: func(ctx context.Context) error {
 			return retry(ctx, log, "api-defaults", func(ctx context.Context) error { return apiServer.EnsureDefaults(ctx) })
@@ -106,6 +108,17 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 				return err
 			}
 			return s.Run(ctx)
+		}),
+		supervised(log, "controllers", func(ctx context.Context) error {
+			cs, err := localClient(localAPI, "controller-manager")
+			if err != nil {
+				return err
+			}
+			return controllers.NewManager(controllers.Config{
+				Client:     cs,
+				Logger:     log.With("component", "controllers"),
+				NodeHealth: health,
+			}).Run(ctx)
 		}),
 	}
 
@@ -127,6 +140,7 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	health = &gossipHealth{node: node, changes: node.MembershipChanges()}
 	apiServer, err = api.New(api.Config{
 		Cluster:    node,
 		Logger:     log,
@@ -203,6 +217,16 @@ func serverMux(node *cluster.Node, apiServer *api.Server) http.Handler {
 	mux.Handle("/", apiServer.Handler())
 	return mux
 }
+
+// gossipHealth is node health as gossip sees it, for the node lifecycle
+// controller.
+type gossipHealth struct {
+	node    *cluster.Node
+	changes <-chan struct{}
+}
+
+func (g *gossipHealth) Alive(name string) (alive, known bool) { return g.node.MemberAlive(name) }
+func (g *gossipHealth) Changes() <-chan struct{}              { return g.changes }
 
 // loopbackFor is the address this process reaches its own API at.
 func loopbackFor(bind string) string {
