@@ -54,6 +54,7 @@ func newRootCommand() *cobra.Command {
 		newOperatorCommand(),
 		newKubectlCommand(),
 		newKubeconfigCommand(),
+		newAgentCommand(logs),
 	)
 	return root
 }
