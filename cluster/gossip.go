@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -403,10 +404,11 @@ func (n *Node) conflictError(c clusterConflict) error {
 		ErrClusterIDMismatch, c.ours, n.cfg.DataDir, c.name, c.addr, c.theirs)
 }
 
-// joinAddrs is cfg.Join without this node's own gossip address.
+// joinAddrs is cfg.Join plus the remembered server peers (peersfile.go),
+// without this node's own gossip address.
 func (n *Node) joinAddrs() []string {
 	var out []string
-	for _, a := range n.cfg.Join {
+	for _, a := range append(slices.Clone(n.cfg.Join), n.peers...) {
 		host, port, err := net.SplitHostPort(a)
 		if err != nil {
 			host, port = a, strconv.Itoa(DefaultGossipPort)
@@ -415,7 +417,9 @@ func (n *Node) joinAddrs() []string {
 		if a == n.gossipAddr || (port == gossipPortOf(n.gossipAddr) && isLocalBind(host, n.cfg)) {
 			continue
 		}
-		out = append(out, a)
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
 	}
 	return out
 }

@@ -27,6 +27,10 @@ const (
 	notifyBuffer     = 16
 )
 
+// restartJoinTimeout bounds the synchronous join of a server that already
+// has Raft state.
+const restartJoinTimeout = 3 * time.Second
+
 // Node is one master: Raft member, gossip member, store.
 type Node struct {
 	cfg   Config
@@ -34,6 +38,7 @@ type Node struct {
 	hclog hclog.Logger
 
 	st       *storage
+	peers    []string // remembered server gossip addresses (peersfile.go)
 	store    *fsm.Store
 	fsm      *fsmAdapter
 	trans    *raft.NetworkTransport
@@ -129,6 +134,9 @@ func New(cfg Config) (_ *Node, err error) {
 	if id != "" {
 		n.clusterID.Store(&id)
 	}
+	if n.peers, err = readPeers(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	if n.hadState, err = n.st.hasState(); err != nil {
 		return nil, fmt.Errorf("read raft state in %s: %w", n.st.raftDir, err)
 	}
@@ -198,7 +206,15 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	if addrs := n.joinAddrs(); len(addrs) > 0 {
-		if err := n.join(ctx, addrs, n.cfg.JoinTimeout); err != nil {
+		timeout := n.cfg.JoinTimeout
+		if n.hadState {
+			// Its Raft configuration already knows the peers: a short try
+			// (long enough to meet another cluster and refuse it), then the
+			// rest in the background, so a whole cluster restarting at once
+			// does not wait out the join timeout on each server.
+			timeout = min(timeout, restartJoinTimeout)
+		}
+		if err := n.join(ctx, addrs, timeout); err != nil {
 			if !n.hadState || errors.Is(err, ErrClusterIDMismatch) || ctx.Err() != nil {
 				return err
 			}
@@ -228,7 +244,8 @@ func (n *Node) Start(ctx context.Context) error {
 	})
 	r.RegisterObserver(n.observer)
 
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go n.rememberPeers(n.MembershipChanges())
 	go n.watchLeader(obsCh)
 	go n.runLeadership()
 	go n.runMaintenance()

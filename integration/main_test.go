@@ -26,7 +26,11 @@ func TestMain(m *testing.M) {
 	flotillaBin = filepath.Join(dir, "flotilla")
 	// Built without -race: these tests measure processes, and the race
 	// detector's slowdown would distort election timings.
-	build := exec.Command("go", "build", "-o", flotillaBin, "flotilla/cmd/flotilla")
+	// The same version stamp as the Makefile, so the embedded kubectl reports
+	// a parsable version.
+	ldflags := "-X k8s.io/client-go/pkg/version.gitVersion=v1.37.2 -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=37 " +
+		"-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+	build := exec.Command("go", "build", "-ldflags", ldflags, "-o", flotillaBin, "flotilla/cmd/flotilla")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "integration: build flotilla:", err)
