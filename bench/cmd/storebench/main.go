@@ -53,6 +53,8 @@ type options struct {
 	memBatch     int
 	memConc      int
 	memSettle    time.Duration
+
+	api apiOptions
 }
 
 func main() {
@@ -95,7 +97,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.etcdBin, "etcd", "", "etcd binary (default: etcd on PATH; Debian's etcd-server is installed when missing)")
 	fs.StringVar(&o.tmpDir, "tmpdir", os.TempDir(), "where the data dirs of both systems go (same disk for both)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir (data dirs and server logs) for debugging")
-	fs.StringVar(&phases, "phases", "write,failover,memory", "phases to run: write, failover, memory")
+	fs.StringVar(&phases, "phases", "write,failover,memory", "phases to run: write, failover, memory, api")
 	fs.StringVar(&systems, "systems", "flotilla,etcd", "systems for the write phase: flotilla, etcd")
 	fs.StringVar(&conc, "concurrency", "1,16,256", "concurrent writers, one run per value")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up before each measured window")
@@ -110,6 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.memBatch, "mem-batch", 50, "memory: puts per transaction")
 	fs.IntVar(&o.memConc, "mem-concurrency", 8, "memory: concurrent writers")
 	fs.DurationVar(&o.memSettle, "mem-settle", 15*time.Second, "memory: wait after the last write before reading RSS")
+	registerAPIFlags(fs, &o.api)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -117,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	var err error
-	if o.phases, err = set(phases, "write", "failover", "memory"); err != nil {
+	if o.phases, err = set(phases, "write", "failover", "memory", "api"); err != nil {
 		return nil, fmt.Errorf("-phases: %w", err)
 	}
 	if o.systems, err = set(systems, "flotilla", "etcd"); err != nil {
@@ -162,7 +165,7 @@ func set(list string, allowed ...string) (map[string]bool, error) {
 }
 
 func bench(ctx context.Context, h *harness, o *options, out io.Writer, log *slog.Logger) error {
-	needFlotilla := o.phases["failover"] || o.phases["memory"] || (o.phases["write"] && o.systems["flotilla"])
+	needFlotilla := o.phases["failover"] || o.phases["memory"] || o.phases["api"] || (o.phases["write"] && o.systems["flotilla"])
 	if needFlotilla {
 		if _, err := os.Stat(o.flotillaBin); err != nil {
 			return fmt.Errorf("flotilla binary: %w (run make build, or pass -flotilla)", err)
@@ -203,6 +206,11 @@ func bench(ctx context.Context, h *harness, o *options, out io.Writer, log *slog
 	}
 	if o.phases["memory"] {
 		if err := memoryPhase(ctx, h, o, out, log); err != nil {
+			return err
+		}
+	}
+	if o.phases["api"] {
+		if err := apiPhase(ctx, h, o, out, log); err != nil {
 			return err
 		}
 	}
