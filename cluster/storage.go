@@ -138,21 +138,53 @@ var (
 // corrupt file makes bolt panic deep inside a read, so the check runs under
 // recover) and reports whether it holds Raft state. A missing file is no
 // state, not an error.
-func inspectRaftDB(path string) (st raftDBState, err error) {
+func inspectRaftDB(path string) (raftDBState, error) {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		return st, nil
+		return raftDBState{}, nil
 	}
+	// Corrupt pages can also send bolt's traversal round in circles, so the
+	// walk runs on its own goroutine under a deadline; a walk that does not
+	// finish is reported as corruption (the goroutine is abandoned: the
+	// caller fails and the process exits).
+	type result struct {
+		st  raftDBState
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := walkRaftDB(path)
+		done <- result{st, err}
+	}()
+	select {
+	case r := <-done:
+		return r.st, r.err
+	case <-time.After(raftDBInspectTimeout):
+		return raftDBState{}, fmt.Errorf("raft log %s is corrupt: reading it did not finish within %s", path, raftDBInspectTimeout)
+	}
+}
+
+// raftDBInspectTimeout bounds inspectRaftDB. A healthy raft.db holds at most
+// the trailing logs since the last snapshot and is read in well under a
+// second.
+const raftDBInspectTimeout = 10 * time.Second
+
+// walkRaftDB opens path read-only and reads every key of every bucket.
+func walkRaftDB(path string) (st raftDBState, err error) {
 	st.exists = true
+	var db *bbolt.DB
 	defer func() {
 		if r := recover(); r != nil {
+			// Not closing db: after a panic inside a transaction its locks
+			// may be held, and Close would wait on them.
 			err = fmt.Errorf("raft log %s is corrupt: %v", path, r)
+		} else if db != nil {
+			db.Close()
 		}
 	}()
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: boltOpenTimeout})
+	db, err = bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: boltOpenTimeout})
 	if err != nil {
 		return st, fmt.Errorf("open raft log %s: %w", path, err)
 	}
-	defer db.Close()
 	err = db.View(func(tx *bbolt.Tx) error {
 		// Walk every bucket and key here, in this goroutine, so a page
 		// assertion panics where recover sees it (tx.Check runs its walk on a

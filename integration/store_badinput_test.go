@@ -95,9 +95,11 @@ func TestServerBadInput(t *testing.T) {
 	t.Run("corrupt raft.db", func(t *testing.T) {
 		s := singleServer(t, "corruptdb", "127.0.2.6", nil)
 		db := filepath.Join(s.dataDir, "raft", "raft.db")
-		corruptFile(t, db)
+		// Everything after bolt's two meta pages: the root and every data
+		// page. (Garbage in a free page alone would be harmless to bolt.)
+		corruptFile(t, db, 2*4096)
 		before := dirDigest(t, s.dataDir)
-		runServerExpectFailure(t, 20*time.Second, s.args[1:], "raft.db")
+		runServerExpectFailure(t, 30*time.Second, s.args[1:], "raft.db")
 		sameDir(t, before, dirDigest(t, s.dataDir))
 	})
 	t.Run("corrupt snapshot", func(t *testing.T) {
@@ -114,7 +116,7 @@ func TestServerBadInput(t *testing.T) {
 			t.Fatalf("no snapshot under %s", filepath.Join(s.dataDir, "raft", "snapshots"))
 		}
 		for _, st := range states {
-			corruptFile(t, st)
+			corruptFile(t, st, 0)
 		}
 		before := dirDigest(t, s.dataDir)
 		runServerExpectFailure(t, 20*time.Second, s.args[1:], "snapshot")
@@ -146,8 +148,9 @@ func TestServerBadInput(t *testing.T) {
 	})
 }
 
-// corruptFile overwrites the middle of a file with garbage, keeping its size.
-func corruptFile(t *testing.T, path string) {
+// corruptFile overwrites a file with garbage from offset from to its end,
+// keeping its size.
+func corruptFile(t *testing.T, path string, from int64) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -158,12 +161,11 @@ func corruptFile(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	junk := []byte(strings.Repeat("\xde\xad\xbe\xef", 1024))
-	off := st.Size() / 4
-	if _, err := f.WriteAt(junk, off); err != nil {
-		t.Fatal(err)
+	if from >= st.Size() {
+		t.Fatalf("%s is %d bytes, nothing to corrupt from %d", path, st.Size(), from)
 	}
-	if _, err := f.WriteAt(junk[:64], 0); err != nil {
+	junk := []byte(strings.Repeat("\xde\xad\xbe\xef", int(st.Size()-from+3)/4))
+	if _, err := f.WriteAt(junk[:st.Size()-from], from); err != nil {
 		t.Fatal(err)
 	}
 }
