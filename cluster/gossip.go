@@ -157,7 +157,7 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 	mc.Events = n.gossip
 	mc.Alive = n.gossip
 	mc.Merge = n.gossip
-	mc.Logger = newStdLogger(n.log.With("component", "memberlist"))
+	mc.Logger = NewStdLogger(n.log.With("component", "memberlist"))
 	return mc
 }
 

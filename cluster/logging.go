@@ -132,7 +132,9 @@ var stdLevels = []struct {
 	{"[WARN]", slog.LevelWarn}, {"[ERR]", slog.LevelError}, {"[ERROR]", slog.LevelError},
 }
 
-func newStdLogger(l *slog.Logger) *log.Logger { return log.New(&levelWriter{l: l}, "", 0) }
+// NewStdLogger is a standard logger whose "[LEVEL] msg" lines (memberlist's)
+// become slog records at that level; agents' gossip uses it too.
+func NewStdLogger(l *slog.Logger) *log.Logger { return log.New(&levelWriter{l: l}, "", 0) }
 
 func (w *levelWriter) Write(p []byte) (int, error) {
 	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {

@@ -1,11 +1,6 @@
 package hollow
 
 import (
-	"bytes"
-	"context"
-	"log"
-	"log/slog"
-	"strings"
 	"sync/atomic"
 
 	"github.com/hashicorp/memberlist"
@@ -59,38 +54,4 @@ func clusterIDOf(members []*memberlist.Node) string {
 		}
 	}
 	return ""
-}
-
-// levelWriter adapts memberlist's "[LEVEL] msg" log lines to slog.
-type levelWriter struct{ l *slog.Logger }
-
-func newStdLogger(l *slog.Logger) *log.Logger { return log.New(&levelWriter{l: l}, "", 0) }
-
-var stdLevels = []struct {
-	prefix string
-	level  slog.Level
-}{
-	{"[DEBUG]", slog.LevelDebug},
-	{"[INFO]", slog.LevelInfo},
-	{"[WARN]", slog.LevelWarn},
-	{"[ERR]", slog.LevelError},
-	{"[ERROR]", slog.LevelError},
-}
-
-func (w *levelWriter) Write(p []byte) (int, error) {
-	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
-		msg := strings.TrimSpace(string(line))
-		// Strip memberlist's "memberlist: " prefix after the level.
-		level := slog.LevelInfo
-		for _, s := range stdLevels {
-			if strings.HasPrefix(msg, s.prefix) {
-				level, msg = s.level, strings.TrimSpace(msg[len(s.prefix):])
-				break
-			}
-		}
-		if msg != "" && w.l.Enabled(context.Background(), level) {
-			w.l.Log(context.Background(), level, msg)
-		}
-	}
-	return len(p), nil
 }

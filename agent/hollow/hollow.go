@@ -18,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"flotilla/cluster"
 )
 
 // Defaults for a zero Config.
@@ -105,7 +107,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	mc.BindPort = cfg.GossipPort
 	mc.AdvertisePort = cfg.GossipPort
 	mc.Delegate = n.meta
-	mc.Logger = newStdLogger(n.log.With("component", "memberlist"))
+	mc.Logger = cluster.NewStdLogger(n.log.With("component", "memberlist"))
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("hollow node %s: start gossip: %w", cfg.Name, err)
