@@ -39,7 +39,7 @@ func (n *Node) ReadIndex(ctx context.Context) error {
 }
 
 // leaderReadIndex is one batch's read index on the leader.
-func (n *Node) leaderReadIndex(context.Context) (uint64, error) {
+func (n *Node) leaderReadIndex(ctx context.Context) (uint64, error) {
 	r, err := n.raft()
 	if err != nil {
 		return 0, err
@@ -53,9 +53,20 @@ func (n *Node) leaderReadIndex(context.Context) (uint64, error) {
 		return 0, &errRetry{fmt.Errorf("%w: new leader not ready yet", ErrNoLeader)}
 	}
 	idx := r.CommitIndex()
-	if err := r.VerifyLeader().Error(); err != nil {
-		// Whatever raft says, nothing was written: ask again.
-		return 0, &errRetry{fmt.Errorf("%w: verify leadership: %w", ErrNotLeader, err)}
+	// raft never answers a VerifyLeader still queued when it shuts down, so
+	// wait for it under ctx (bounded by the batch timeout and the node's
+	// life) rather than block this batch for good.
+	verify := r.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- verify.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			// Whatever raft says, nothing was written: ask again.
+			return 0, &errRetry{fmt.Errorf("%w: verify leadership: %w", ErrNotLeader, err)}
+		}
+	case <-ctx.Done():
+		return 0, &errRetry{fmt.Errorf("%w: verify leadership: %w", ErrNotLeader, ctx.Err())}
 	}
 	return idx, nil
 }
