@@ -394,16 +394,8 @@ func (s *Server) checkNamespace(ctx context.Context, res *resource, ns string) (
 }
 
 func (q *request) update() error {
-	dry, err := q.dryRun()
+	body, dry, err := q.decodePut()
 	if err != nil {
-		return err
-	}
-	decoded, err := q.decodeRequest(newTyped(q.res))
-	if err != nil {
-		return err
-	}
-	body := decoded.(object)
-	if err := q.checkBodyIdentity(body); err != nil {
 		return err
 	}
 	updated, err := q.s.updateObject(q.ctx, q.res, q.ns, q.name, body.GetResourceVersion(), func(cur object) (object, string, error) {
@@ -425,6 +417,25 @@ func (q *request) update() error {
 	}
 	q.s.writeObject(q.w, q.r, http.StatusOK, updated)
 	return nil
+}
+
+// decodePut reads the body of a PUT to the object or a subresource that
+// speaks its kind: dryRun, the decoded object, its name and namespace
+// checked against the URL.
+func (q *request) decodePut() (object, bool, error) {
+	dry, err := q.dryRun()
+	if err != nil {
+		return nil, false, err
+	}
+	decoded, err := q.decodeRequest(newTyped(q.res))
+	if err != nil {
+		return nil, false, err
+	}
+	body := decoded.(object)
+	if err := q.checkBodyIdentity(body); err != nil {
+		return nil, false, err
+	}
+	return body, dry, nil
 }
 
 // checkBodyIdentity: the name and namespace in a body must match the URL.

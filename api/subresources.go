@@ -29,16 +29,8 @@ func (q *request) serveStatus(verb string) error {
 	default:
 		return methodNotAllowed(q.res.groupResource(), q.r.Method)
 	}
-	dry, err := q.dryRun()
+	body, dry, err := q.decodePut()
 	if err != nil {
-		return err
-	}
-	decoded, err := q.decodeRequest(newTyped(q.res))
-	if err != nil {
-		return err
-	}
-	body := decoded.(object)
-	if err := q.checkBodyIdentity(body); err != nil {
 		return err
 	}
 	updated, err := q.s.updateObject(q.ctx, q.res, q.ns, q.name, body.GetResourceVersion(), func(cur object) (object, string, error) {
