@@ -191,3 +191,19 @@ func (c *claimer) claim(ctx context.Context, obj metav1.Object) (bool, error) {
 
 // strategicPatch is the patch type of the claimer's patches.
 const strategicPatch = types.StrategicMergePatchType
+
+// matchingSelectors returns the owners whose (non-empty, valid) selector
+// matches lbls: the candidates to adopt an orphan.
+func matchingSelectors[T any](owners []T, selector func(T) *metav1.LabelSelector, lbls map[string]string) []T {
+	var out []T
+	for _, o := range owners {
+		sel, err := metav1.LabelSelectorAsSelector(selector(o))
+		if err != nil || sel.Empty() {
+			continue
+		}
+		if sel.Matches(labels.Set(lbls)) {
+			out = append(out, o)
+		}
+	}
+	return out
+}
