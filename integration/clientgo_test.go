@@ -634,7 +634,10 @@ func testInformerLeaderKill(t *testing.T, servers []*server) {
 			}
 		}
 	}
-	waitCreated(len(created) + 10)
+	mu.Lock()
+	beforeKill := len(created)
+	mu.Unlock()
+	waitCreated(beforeKill + 10)
 
 	leader.kill()
 	killed := time.Now()

@@ -48,7 +48,7 @@ type server struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
-	log  *bytes.Buffer
+	log  *lockedWriter // the process writes it while the test reads it
 }
 
 func (s *server) apiAddr() string    { return net.JoinHostPort(s.ip, "6443") }
@@ -70,9 +70,9 @@ func (s *server) start() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cmd := exec.Command(flotillaBin, s.args...)
-	s.log = &bytes.Buffer{}
-	cmd.Stdout = &lockedWriter{w: s.log}
-	cmd.Stderr = cmd.Stdout
+	s.log = &lockedWriter{w: &bytes.Buffer{}}
+	cmd.Stdout = s.log
+	cmd.Stderr = s.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("start %s: %v", s.name, err)
@@ -110,11 +110,14 @@ func (s *server) signal(sig syscall.Signal) {
 
 func (s *server) output() string {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.log == nil {
+	lw := s.log
+	s.mu.Unlock()
+	if lw == nil {
 		return ""
 	}
-	return s.log.String()
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.w.String()
 }
 
 type lockedWriter struct {
