@@ -9,7 +9,11 @@
 // validation as kube-apiserver does for the fields Flotilla serves;
 // stamping uid, creationTimestamp and generation; the verbs create, get,
 // list, watch, update, patch (JSON, merge and strategic merge), delete and
-// deletecollection; status/scale/binding/eviction subresources; ClusterIP
+// deletecollection; status/scale/binding/eviction subresources; the
+// agent-backed subresources pods/log, pods/exec, pods/portforward and
+// nodes/proxy (proxy.go: options validated and the container defaulted as
+// kube-apiserver does, then proxied to the node's agent endpoint at its
+// InternalIP and status.daemonEndpoints.kubeletEndpoint.port); ClusterIP
 // and NodePort allocation; discovery (plain and aggregated v2), /version,
 // /healthz, /livez, /readyz and /metrics; Table output for kubectl get
 // (list, get and watch; kube's printer columns for our resources, Name and
@@ -81,7 +85,22 @@
 // block volume devices, resource claims, dual-stack Services (all 422 "not
 // supported by Flotilla"); watch streams in protobuf (JSON only; every
 // client-go client accepts it); PodDisruptionBudgets (every eviction is
-// allowed); pods/log and pods/exec answer 503 "no agent endpoint for node
-// X" until the agent issue provides the endpoint; managedFields are not
-// tracked.
+// allowed); pods/attach (400: the runtime keeps no stdin open to attach
+// to; use exec); log stream selection (stream=Stdout|Stderr, 422);
+// gRPC probes, httpGet/tcpSocket/sleep lifecycle hooks, stop signals,
+// hostPID, hostIPC, shareProcessNamespace, user namespaces, sysctls, mount
+// propagation, Windows options and serviceAccountToken projections (all
+// 422 "not supported by Flotilla"); managedFields are not tracked.
+//
+// # Agent proxying
+//
+// A pod whose node is not registered, reports no address or no agent port
+// answers 503 "no agent endpoint for node X" (an unreachable agent: 503
+// "error trying to reach the agent of node X"). The agent speaks the
+// streaming protocols itself (WebSocket v5 exec and SPDY-over-WebSocket
+// port-forward included), so the API only proxies upgrades, unlike
+// kube-apiserver, which translates them to SPDY. Agent traffic is plain
+// HTTP until the security issue; the client's Authorization header is not
+// passed on. nodes/proxy has neither the body limit nor the request
+// timeout (image archives). pods/log is streamed with a flush per chunk.
 package api

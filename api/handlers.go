@@ -32,6 +32,9 @@ type request struct {
 	query url.Values
 	// watchPath: the legacy /watch/ path form.
 	watchPath bool
+	// subPath is what follows a proxy subresource ("/images" of
+	// nodes/{name}/proxy/images), unescaped.
+	subPath string
 }
 
 // serveResource routes /api/v1/<rest> and /apis/<group>/<version>/<rest>.
@@ -69,6 +72,9 @@ func (s *Server) parseRequest(w http.ResponseWriter, r *http.Request, group, ver
 		q.ns, plural, segs = segs[1], segs[2], segs[3:]
 	} else {
 		plural, segs = segs[0], segs[1:]
+	}
+	if len(segs) > 2 && segs[1] == "proxy" {
+		q.subPath, segs = "/"+strings.Join(segs[2:], "/"), segs[:2]
 	}
 	if len(segs) > 2 {
 		return nil, notFoundPath()
@@ -156,7 +162,7 @@ func (q *request) serve() error {
 		return q.serveBinding(verb)
 	case "eviction":
 		return q.serveEviction(verb)
-	case "log", "exec":
+	case "log", "exec", "attach", "portforward", "proxy":
 		return q.serveAgentProxy(verb)
 	default:
 		return notFoundPath()

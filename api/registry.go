@@ -235,8 +235,12 @@ func (r *resource) verbs(sub string) []string {
 		return []string{"create"}
 	case "log":
 		return []string{"get"}
-	case "exec":
+	case "exec", "attach", "portforward":
 		return []string{"create", "get"}
+	case "proxy":
+		// kube-apiserver also lists delete; Flotilla's proxy carries
+		// GET, POST, PUT and PATCH.
+		return []string{"create", "get", "patch", "update"}
 	}
 	return nil
 }
@@ -250,8 +254,16 @@ func (r *resource) subKind(sub string) (group, version, kind string) {
 		return "", "v1", "Binding"
 	case "eviction":
 		return "policy", "v1", "Eviction"
-	case "log", "exec":
+	case "log":
 		return "", "v1", r.gvk.Kind
+	case "exec":
+		return "", "v1", "PodExecOptions"
+	case "attach":
+		return "", "v1", "PodAttachOptions"
+	case "portforward":
+		return "", "v1", "PodPortForwardOptions"
+	case "proxy":
+		return "", "v1", r.gvk.Kind + "ProxyOptions"
 	}
 	return r.gvk.Group, r.gvk.Version, r.gvk.Kind
 }
@@ -282,7 +294,7 @@ func resources() []*resource {
 			gvk: cgv.WithKind("Node"), plural: "nodes", singular: "node", shortNames: []string{"no"},
 			listKind: "NodeList",
 			newObj:   func() object { return &corev1.Node{} }, newList: func() runtime.Object { return &corev1.NodeList{} },
-			nameFn: dnsSubdomain, hasStatus: true, statusOnCreate: true,
+			nameFn: dnsSubdomain, hasStatus: true, statusOnCreate: true, subresources: []string{"proxy"},
 			validate: validateNode, validateUpdate: validateNodeUpdate,
 			fields: func(o object) fields.Set {
 				return fields.Set{"spec.unschedulable": boolString(o.(*corev1.Node).Spec.Unschedulable)}
@@ -293,7 +305,7 @@ func resources() []*resource {
 			namespaced: true, listKind: "PodList",
 			newObj: func() object { return &corev1.Pod{} }, newList: func() runtime.Object { return &corev1.PodList{} },
 			nameFn: dnsSubdomain, hasStatus: true, generation: true,
-			subresources:  []string{"binding", "eviction", "log", "exec"},
+			subresources:  []string{"binding", "eviction", "log", "exec", "attach", "portforward"},
 			prepareCreate: preparePod, defaults: func(o object) { defaultPod(o.(*corev1.Pod)) },
 			validate: validatePod, validateUpdate: validatePodUpdate,
 			fields: podFields,

@@ -274,6 +274,10 @@ func (s *Server) recoverPanics(h http.Handler) http.Handler {
 
 func (s *Server) limitBody(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isAgentProxy(r) {
+			h.ServeHTTP(w, r) // image archives: see isAgentProxy
+			return
+		}
 		if r.ContentLength > s.cfg.MaxBodyBytes {
 			s.writeError(w, r, bodyTooLarge(s.cfg.MaxBodyBytes))
 			return
@@ -300,7 +304,7 @@ func isLongRunning(r *http.Request) bool {
 	if strings.HasPrefix(p, "/api/v1/watch/") || (strings.HasPrefix(p, "/apis/") && strings.Contains(p, "/watch/")) {
 		return true
 	}
-	return strings.HasSuffix(p, "/exec") || strings.HasSuffix(p, "/log") || strings.HasSuffix(p, "/attach") || strings.HasSuffix(p, "/portforward")
+	return strings.HasSuffix(p, "/exec") || strings.HasSuffix(p, "/log") || strings.HasSuffix(p, "/attach") || strings.HasSuffix(p, "/portforward") || isAgentProxy(r)
 }
 
 func (s *Server) limitInFlight(h http.Handler) http.Handler {

@@ -288,24 +288,44 @@ func (q *request) serveEviction(verb string) error {
 	return nil
 }
 
-// serveAgentProxy answers pods/log and pods/exec. The agent's endpoint does
-// not exist yet: a clear 503, not a 404, so clients know the route is real.
+// serveAgentProxy answers the subresources served by the pod's (or the
+// node's) agent: pods/log, pods/exec, pods/portforward, pods/attach and
+// nodes/proxy. The proxying itself is in proxy.go.
 func (q *request) serveAgentProxy(verb string) error {
-	if q.sub == "log" && verb != "get" {
-		return methodNotAllowed(q.res.groupResource(), q.r.Method)
-	}
-	if q.sub == "exec" && verb != "get" && verb != "create" {
-		return methodNotAllowed(q.res.groupResource(), q.r.Method)
+	switch q.sub {
+	case "log":
+		if verb != "get" {
+			return methodNotAllowed(q.res.groupResource(), q.r.Method)
+		}
+	case "proxy":
+		if verb != "get" && verb != "create" && verb != "update" && verb != "patch" {
+			return methodNotAllowed(q.res.groupResource(), q.r.Method)
+		}
+		return q.serveNodeProxy()
+	default: // exec, attach, portforward: a GET or POST that upgrades
+		if verb != "get" && verb != "create" {
+			return methodNotAllowed(q.res.groupResource(), q.r.Method)
+		}
 	}
 	obj, _, err := q.s.getFresh(q.ctx, q.res, q.ns, q.name)
 	if err != nil {
 		return err
 	}
 	pod := obj.(*corev1.Pod)
+	if q.sub == "attach" {
+		return attachNotSupported()
+	}
 	if pod.Spec.NodeName == "" {
 		return apierrors.NewBadRequest(fmt.Sprintf("pod %s does not have a host assigned", q.name))
 	}
-	return statusError503(fmt.Sprintf("no agent endpoint for node %s", pod.Spec.NodeName))
+	switch q.sub {
+	case "log":
+		return q.proxyLog(pod)
+	case "exec":
+		return q.proxyExec(pod)
+	default:
+		return q.proxyPortForward(pod)
+	}
 }
 
 func statusError503(msg string) error {

@@ -44,7 +44,8 @@ var (
 	// supportedVolumes are the volume sources the agent can provide.
 	supportedVolumes = sets.New("emptyDir", "configMap", "secret", "hostPath", "projected", "downwardAPI")
 	// supportedProjections are the projected sources the agent can provide.
-	supportedProjections = sets.New("serviceAccountToken", "configMap", "secret", "downwardAPI")
+	// serviceAccountToken is not among them: nothing issues bound tokens yet.
+	supportedProjections = sets.New("configMap", "secret", "downwardAPI")
 )
 
 func validateNamespace(o object) field.ErrorList {
@@ -133,6 +134,7 @@ func validatePodSpec(s *corev1.PodSpec, path *field.Path) field.ErrorList {
 	if len(s.ResourceClaims) > 0 {
 		errs = append(errs, unsupported(path.Child("resourceClaims"), "dynamic resource allocation"))
 	}
+	errs = append(errs, validatePodRuntime(s, path)...)
 	if !restartPolicies.Has(string(s.RestartPolicy)) {
 		errs = append(errs, field.NotSupported(path.Child("restartPolicy"), s.RestartPolicy, sets.List(restartPolicies)))
 	}
@@ -360,6 +362,80 @@ func validateContainer(c *corev1.Container, p *field.Path, names sets.Set[string
 		}
 		if n := len(volumeSourceNames(pr.ProbeHandler)); n != 1 {
 			errs = append(errs, field.Required(p.Child(name), "must specify exactly one handler type"))
+		}
+		if pr.GRPC != nil {
+			errs = append(errs, unsupported(p.Child(name, "grpc"), "a gRPC probe"))
+		}
+	}
+	errs = append(errs, validateLifecycle(c.Lifecycle, p.Child("lifecycle"))...)
+	if sc := c.SecurityContext; sc != nil && sc.WindowsOptions != nil {
+		errs = append(errs, unsupported(p.Child("securityContext", "windowsOptions"), "windowsOptions (Flotilla runs Linux containers)"))
+	}
+	for i, m := range c.VolumeMounts {
+		if m.MountPropagation != nil && *m.MountPropagation != corev1.MountPropagationNone {
+			errs = append(errs, unsupported(p.Child("volumeMounts").Index(i).Child("mountPropagation"), "mount propagation "+string(*m.MountPropagation)))
+		}
+	}
+	return errs
+}
+
+// validateLifecycle: the agent runs exec hooks only. An httpGet, tcpSocket
+// or sleep hook, or a stop signal other than the image's, would be
+// skipped, so it is refused.
+func validateLifecycle(l *corev1.Lifecycle, p *field.Path) field.ErrorList {
+	if l == nil {
+		return nil
+	}
+	var errs field.ErrorList
+	for name, h := range map[string]*corev1.LifecycleHandler{"postStart": l.PostStart, "preStop": l.PreStop} {
+		if h == nil {
+			continue
+		}
+		hp := p.Child(name)
+		kinds := volumeSourceNames(*h)
+		if len(kinds) != 1 {
+			errs = append(errs, field.Required(hp, "must specify exactly one handler type"))
+		}
+		for _, k := range kinds {
+			if k != "exec" {
+				errs = append(errs, unsupported(hp.Child(k), "a "+k+" lifecycle hook (only exec hooks are run)"))
+			}
+		}
+		if h.Exec != nil && len(h.Exec.Command) == 0 {
+			errs = append(errs, field.Required(hp.Child("exec", "command"), ""))
+		}
+	}
+	if l.StopSignal != nil {
+		errs = append(errs, unsupported(p.Child("stopSignal"), "a stop signal (the image's is used)"))
+	}
+	return errs
+}
+
+// validatePodRuntime refuses pod-level features the agent's runtime does
+// not provide, rather than running the pod without them.
+func validatePodRuntime(s *corev1.PodSpec, path *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if s.OS != nil && s.OS.Name != corev1.Linux {
+		errs = append(errs, unsupported(path.Child("os", "name"), "OS "+string(s.OS.Name)+" (Flotilla runs Linux containers)"))
+	}
+	if s.HostPID {
+		errs = append(errs, unsupported(path.Child("hostPID"), "sharing the node's PID namespace"))
+	}
+	if s.HostIPC {
+		errs = append(errs, unsupported(path.Child("hostIPC"), "sharing the node's IPC namespace"))
+	}
+	if s.ShareProcessNamespace != nil && *s.ShareProcessNamespace {
+		errs = append(errs, unsupported(path.Child("shareProcessNamespace"), "a shared process namespace"))
+	}
+	if s.HostUsers != nil && !*s.HostUsers {
+		errs = append(errs, unsupported(path.Child("hostUsers"), "user namespaces"))
+	}
+	if sc := s.SecurityContext; sc != nil {
+		if sc.WindowsOptions != nil {
+			errs = append(errs, unsupported(path.Child("securityContext", "windowsOptions"), "windowsOptions (Flotilla runs Linux containers)"))
+		}
+		if len(sc.Sysctls) > 0 {
+			errs = append(errs, unsupported(path.Child("securityContext", "sysctls"), "setting sysctls"))
 		}
 	}
 	return errs

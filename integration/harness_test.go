@@ -37,13 +37,15 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 	}
 }
 
-// server is one `flotilla server` process on its own loopback address.
+// server is one `flotilla server` process on its own loopback address, or
+// on a test host's address inside that host's network namespace.
 type server struct {
 	t       testing.TB
 	name    string
 	ip      string
 	dataDir string
 	args    []string
+	netns   string // when set, the process runs in this network namespace
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -64,12 +66,25 @@ func newServer(t testing.TB, name, ip string, extra ...string) *server {
 	return s
 }
 
+// newServerIn describes a server inside test host h, bound to h's address.
+func newServerIn(t testing.TB, h *testHost, name string, extra ...string) *server {
+	t.Helper()
+	s := newServer(t, name, h.ip, extra...)
+	s.netns = h.nsPath
+	return s
+}
+
 // start runs the process; it keeps running until kill or stop.
 func (s *server) start() {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cmd := exec.Command(flotillaBin, s.args...)
+	if s.netns != "" {
+		// nsenter without --fork execs flotilla in place: the pid, and so
+		// every signal, is flotilla's own.
+		cmd = exec.Command("nsenter", append([]string{"--net=" + s.netns, "--", flotillaBin}, s.args...)...)
+	}
 	s.log = &lockedWriter{w: &bytes.Buffer{}}
 	cmd.Stdout = s.log
 	cmd.Stderr = s.log

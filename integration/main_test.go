@@ -18,6 +18,7 @@ func TestMain(m *testing.M) {
 		fmt.Println("integration: skipped in -short mode")
 		os.Exit(0)
 	}
+	sweepStaleLabs() // what a crashed earlier run left must not poison this one
 	dir, err := os.MkdirTemp("", "flotilla-it-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)
@@ -31,6 +32,8 @@ func TestMain(m *testing.M) {
 	ldflags := "-X k8s.io/client-go/pkg/version.gitVersion=v1.37.2 -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=37 " +
 		"-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
 	build := exec.Command("go", "build", "-ldflags", ldflags, "-o", flotillaBin, "flotilla/cmd/flotilla")
+	// Static, as `make build`: see the Makefile.
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "integration: build flotilla:", err)
@@ -38,6 +41,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	stopSharedContainerd()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

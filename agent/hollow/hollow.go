@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/memberlist"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -19,7 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
-	"flotilla/cluster"
+	"flotilla/agent/gossip"
 )
 
 // Defaults for a zero Config.
@@ -58,8 +57,7 @@ type Config struct {
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
-	ml     *memberlist.Memberlist
-	meta   *delegate
+	pool   *gossip.Pool
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	ips    *ipAllocator
@@ -92,52 +90,33 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	n := &Node{
-		cfg:  cfg,
-		log:  cfg.Logger.With("component", "hollow", "node", cfg.Name),
-		meta: &delegate{},
-		ips:  newIPAllocator(cfg.Name),
+		cfg: cfg,
+		log: cfg.Logger.With("component", "hollow", "node", cfg.Name),
+		ips: newIPAllocator(cfg.Name),
 	}
-	if err := n.meta.setMeta(""); err != nil {
-		return nil, err
-	}
-
-	mc := memberlist.DefaultLocalConfig()
-	mc.Name = cfg.Name
-	mc.BindAddr = cfg.GossipBind
-	mc.BindPort = cfg.GossipPort
-	mc.AdvertisePort = cfg.GossipPort
-	mc.Delegate = n.meta
-	mc.Logger = cluster.NewStdLogger(n.log.With("component", "memberlist"))
-	ml, err := memberlist.Create(mc)
+	pool, err := gossip.Start(ctx, gossip.Config{
+		Name:   cfg.Name,
+		Bind:   cfg.GossipBind,
+		Port:   cfg.GossipPort,
+		Join:   cfg.Join,
+		Timing: "local",
+		Logger: n.log,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("hollow node %s: start gossip: %w", cfg.Name, err)
+		return nil, fmt.Errorf("hollow node %s: %w", cfg.Name, err)
 	}
-	n.ml = ml
-	if len(cfg.Join) > 0 {
-		if _, err := ml.Join(cfg.Join); err != nil {
-			_ = ml.Shutdown()
-			return nil, fmt.Errorf("hollow node %s: join %v: %w", cfg.Name, cfg.Join, err)
-		}
-	}
-	// Advertise the cluster's ID once a server told us: a member that
-	// names its cluster cannot be mistaken for one of another cluster.
-	if id := clusterIDOf(ml.Members()); id != "" {
-		if err := n.meta.setMeta(id); err == nil {
-			_ = ml.UpdateNode(time.Second)
-		}
-	}
-
+	n.pool = pool
 	if err := n.register(ctx); err != nil {
-		_ = ml.Shutdown()
+		pool.Shutdown()
 		return nil, err
 	}
 	ctx, n.cancel = context.WithCancel(ctx)
 	if err := n.startPods(ctx); err != nil {
 		n.cancel()
-		_ = ml.Shutdown()
+		pool.Shutdown()
 		return nil, err
 	}
-	n.log.Info("hollow node started", "gossip", ml.LocalNode().Address())
+	n.log.Info("hollow node started", "gossip", pool.Addr())
 	return n, nil
 }
 
@@ -145,7 +124,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 func (n *Node) Name() string { return n.cfg.Name }
 
 // GossipAddr is the node's gossip address (host:port).
-func (n *Node) GossipAddr() string { return n.ml.LocalNode().Address() }
+func (n *Node) GossipAddr() string { return n.pool.Addr() }
 
 // Stop stops gossiping without leaving, as a node that lost power would:
 // the pool sees it fail. Its pods are no longer reported.
@@ -158,12 +137,9 @@ func (n *Node) stop(leave bool) {
 	n.stopOnce.Do(func() {
 		n.cancel()
 		if leave {
-			if err := n.ml.Leave(5 * time.Second); err != nil {
-				n.log.Warn("leave gossip", "err", err)
-			}
-		}
-		if err := n.ml.Shutdown(); err != nil {
-			n.log.Warn("shut down gossip", "err", err)
+			n.pool.Leave(5 * time.Second)
+		} else {
+			n.pool.Shutdown()
 		}
 		n.wg.Wait()
 	})

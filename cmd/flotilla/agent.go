@@ -1,101 +1,308 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/pkg/version"
 	"k8s.io/client-go/rest"
 
+	"flotilla/agent"
+	"flotilla/agent/containerdproc"
+	"flotilla/agent/gossip"
 	"flotilla/agent/hollow"
+	"flotilla/agent/network"
+	ctrdruntime "flotilla/agent/runtime/containerd"
+	"flotilla/cluster"
 )
 
-type agentOptions struct {
-	nodeName   string
-	bind       string
-	gossipPort int
-	join       []string
-	labels     string
-	maxPods    int
-	runtime    string
-	server     string
+// agentFlags are the agent's own flags; `flotilla agent` and
+// `flotilla server --agent` both take them.
+type agentFlags struct {
+	agentPort           int
+	labels              string
+	taints              []string
+	maxPods             int
+	containerdMode      string
+	containerdAddress   string
+	containerdNamespace string
+	runtime             string
+	backoffInitial      time.Duration
+	backoffMax          time.Duration
 }
 
-// newAgentCommand is `flotilla agent`. Only --runtime=fake exists so far: a
-// hollow node (package agent/hollow) for scale tests and benchmarks. The
-// flag names are issue 5's, so the real agent grows this command.
+func (o *agentFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.IntVar(&o.agentPort, "agent-port", 10250, "agent endpoint port (logs, exec, port-forward, images)")
+	f.StringVar(&o.labels, "labels", "", "extra Node labels, k=v[,k=v...]")
+	f.StringArrayVar(&o.taints, "taints", nil, "Node taints at registration, key[=value]:Effect; repeatable")
+	f.IntVar(&o.maxPods, "max-pods", 110, "pod capacity")
+	f.StringVar(&o.containerdMode, "containerd", "managed", "managed: run our own containerd under the data dir (reused if already running); external: use --containerd-address")
+	f.StringVar(&o.containerdAddress, "containerd-address", "/run/containerd/containerd.sock", "containerd socket with --containerd=external")
+	f.StringVar(&o.containerdNamespace, "containerd-namespace", "flotilla", "containerd namespace of this agent's containers")
+	f.StringVar(&o.runtime, "runtime", "containerd", "container runtime: containerd, or fake (no containers: a hollow node for scale tests)")
+	f.DurationVar(&o.backoffInitial, "restart-backoff", 10*time.Second, "first container restart back-off (doubles per crash)")
+	f.DurationVar(&o.backoffMax, "restart-backoff-max", 5*time.Minute, "longest container restart back-off")
+}
+
+type agentOptions struct {
+	agentFlags
+	nodeName   string
+	dataDir    string
+	bind       string
+	advertise  string
+	gossipPort int
+	join       []string
+	server     []string
+}
+
+// newAgentCommand is `flotilla agent`: a node.
 func newAgentCommand(logs *logOptions) *cobra.Command {
 	o := &agentOptions{}
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Run a node agent (only --runtime=fake for now: a hollow node for scale tests)",
+		Short: "Run a node agent: joins by gossip, registers its Node and runs its pods on containerd",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logs.logger(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			switch o.runtime {
-			case "fake":
-			case "containerd":
-				return errors.New("--runtime=containerd: not implemented yet: only --runtime=fake")
-			default:
-				return fmt.Errorf("--runtime %q: want containerd or fake", o.runtime)
+			if cmd.Flags().Changed("containerd-address") && !cmd.Flags().Changed("containerd") {
+				o.containerdMode = "external"
 			}
-			if o.nodeName == "" {
-				return errors.New("--node-name is required (the hostname could not be read)")
-			}
-			if o.server == "" {
-				return errors.New("--server is required (the API address, host:port)")
-			}
-			labels, err := parseLabels(o.labels)
-			if err != nil {
-				return err
-			}
-			cs, err := kubernetes.NewForConfig(&rest.Config{
-				Host:      "http://" + o.server,
-				UserAgent: "flotilla-agent/" + o.nodeName,
-				QPS:       50,
-				Burst:     100,
-			})
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			node, err := hollow.Start(ctx, hollow.Config{
-				Name:       o.nodeName,
-				Client:     cs,
-				GossipBind: o.bind,
-				GossipPort: o.gossipPort,
-				Join:       o.join,
-				Labels:     labels,
-				Pods:       o.maxPods,
-				Logger:     log,
-			})
-			if err != nil {
-				return err
-			}
-			<-ctx.Done()
-			// A stopped agent leaves the pool: the node is going away on
-			// purpose, not failing.
-			node.Leave()
-			return nil
+			return runAgentCommand(cmd.Context(), o, log)
 		},
 	}
 	host, _ := os.Hostname()
+	o.agentFlags.register(cmd)
 	f := cmd.Flags()
 	f.StringVar(&o.nodeName, "node-name", host, "Node name and gossip member name")
-	f.StringVar(&o.bind, "bind", "0.0.0.0", "address to bind gossip to; also the Node's InternalIP")
+	f.StringVar(&o.dataDir, "data-dir", "/var/lib/flotilla", "directory for pod logs and volumes, network state and a managed containerd")
+	f.StringVar(&o.bind, "bind", "0.0.0.0", "address to listen on (gossip, agent endpoint)")
+	f.StringVar(&o.advertise, "advertise", "", "the Node's InternalIP, where others reach this node (default: the bind address, or the first non-loopback address)")
 	f.IntVar(&o.gossipPort, "gossip-port", 7946, "gossip port (TCP and UDP); 0 picks a free one")
 	f.StringArrayVar(&o.join, "join", nil, "gossip address (host:port) of any server or agent to join; repeatable")
-	f.StringVar(&o.labels, "labels", "", "extra Node labels, k=v[,k=v...]")
-	f.IntVar(&o.maxPods, "max-pods", 110, "pod capacity")
-	f.StringVar(&o.runtime, "runtime", "containerd", "container runtime: containerd or fake (no containers: a hollow node for scale tests)")
-	f.StringVar(&o.server, "server", "", "API server address (host:port, plain HTTP)")
+	f.StringArrayVar(&o.server, "server", nil, "API address (host:port) to try before the ones gossip reports; repeatable")
 	return cmd
+}
+
+func runAgentCommand(ctx context.Context, o *agentOptions, log *slog.Logger) error {
+	if o.nodeName == "" {
+		return errors.New("--node-name is required (the hostname could not be read)")
+	}
+	labels, err := parseLabels(o.labels)
+	if err != nil {
+		return err
+	}
+	switch o.runtime {
+	case "fake":
+		return runHollow(ctx, o, labels, log)
+	case "containerd":
+	default:
+		return fmt.Errorf("--runtime %q: want containerd or fake", o.runtime)
+	}
+	if len(o.join) == 0 {
+		return errors.New("--join is required: the gossip address (host:port) of any server or agent")
+	}
+	nodeIP, err := nodeAddress(o.bind, o.advertise)
+	if err != nil {
+		return err
+	}
+	// Checked before joining anything, so bad input fails fast.
+	if err := o.agentFlags.check(); err != nil {
+		return err
+	}
+	pool, err := gossip.Start(ctx, gossip.Config{
+		Name:      o.nodeName,
+		Bind:      o.bind,
+		Port:      o.gossipPort,
+		Advertise: o.advertise,
+		Join:      o.join,
+		Logger:    log,
+	})
+	if err != nil {
+		return err
+	}
+	err = runAgent(ctx, &o.agentFlags, agentSetup{
+		nodeName: o.nodeName,
+		dataDir:  o.dataDir,
+		nodeIP:   nodeIP,
+		members:  pool.Members,
+		servers:  o.server,
+	}, log)
+	// A stopped agent leaves the pool: the node is going away on purpose,
+	// not failing.
+	pool.Leave(5 * time.Second)
+	return err
+}
+
+// agentSetup is what the agent takes from its host process: its own
+// command or an all-in-one server.
+type agentSetup struct {
+	nodeName string
+	dataDir  string
+	nodeIP   string
+	members  func() []cluster.Member
+	servers  []string
+}
+
+func (o *agentFlags) check() error {
+	if o.agentPort <= 0 || o.agentPort > 65535 {
+		return fmt.Errorf("--agent-port %d: not a port", o.agentPort)
+	}
+	if o.maxPods <= 0 {
+		return fmt.Errorf("--max-pods %d: must be positive", o.maxPods)
+	}
+	if _, err := parseTaints(o.taints); err != nil {
+		return err
+	}
+	if _, err := parseLabels(o.labels); err != nil {
+		return err
+	}
+	switch o.containerdMode {
+	case "managed", "external":
+	default:
+		return fmt.Errorf("--containerd %q: want managed or external", o.containerdMode)
+	}
+	if o.backoffInitial <= 0 || o.backoffMax < o.backoffInitial {
+		return fmt.Errorf("--restart-backoff %s and --restart-backoff-max %s: want 0 < initial <= max", o.backoffInitial, o.backoffMax)
+	}
+	return nil
+}
+
+// runAgent runs the agent until ctx ends: containerd (ours or the given
+// one), the pod network and the agent itself.
+func runAgent(ctx context.Context, o *agentFlags, s agentSetup, log *slog.Logger) error {
+	if err := o.check(); err != nil {
+		return err
+	}
+	labels, _ := parseLabels(o.labels)
+	taints, _ := parseTaints(o.taints)
+	agentDir := filepath.Join(s.dataDir, "agent")
+	if err := os.MkdirAll(agentDir, 0o700); err != nil {
+		return fmt.Errorf("agent data dir: %w", err)
+	}
+	address := o.containerdAddress
+	if o.containerdMode == "managed" {
+		p, err := containerdproc.Start(ctx, containerdproc.Config{
+			Dir:    filepath.Join(s.dataDir, "containerd"),
+			Logger: log.With("component", "containerd"),
+		})
+		if err != nil {
+			return fmt.Errorf("managed containerd: %w", err)
+		}
+		// Supervised for the agent's life and left running after it: the
+		// containers' shims do not need it, and a restarted agent finds
+		// it again.
+		go p.Supervise(ctx)
+		address = p.Address()
+	}
+	rt, err := ctrdruntime.New(ctx, ctrdruntime.Config{
+		Address:   address,
+		Namespace: o.containerdNamespace,
+		FIFODir:   filepath.Join(agentDir, "fifo"),
+		Logger:    log,
+	})
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	nw, err := network.New(network.Config{DataDir: filepath.Join(agentDir, "network"), Logger: log})
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(agent.Config{
+		NodeName:       s.nodeName,
+		DataDir:        agentDir,
+		NodeIP:         s.nodeIP,
+		AgentPort:      o.agentPort,
+		Labels:         labels,
+		Taints:         taints,
+		MaxPods:        o.maxPods,
+		Runtime:        rt,
+		Network:        nw,
+		Members:        s.members,
+		Servers:        s.servers,
+		BackoffInitial: o.backoffInitial,
+		BackoffMax:     o.backoffMax,
+		Version:        version.Get().GitVersion,
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// nodeAddress is the Node's InternalIP: --advertise, else a specific
+// --bind, else the first non-loopback IPv4 address of the machine.
+func nodeAddress(bind, advertise string) (string, error) {
+	for _, a := range []string{advertise, bind} {
+		if a == "" {
+			continue
+		}
+		ip := net.ParseIP(a)
+		if ip == nil {
+			return "", fmt.Errorf("%q is not an IP address", a)
+		}
+		if !ip.IsUnspecified() {
+			return ip.String(), nil
+		}
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", fmt.Errorf("find this machine's address: %w", err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
+			return n.IP.String(), nil
+		}
+	}
+	return "", errors.New("this machine has no non-loopback IPv4 address: give --advertise")
+}
+
+// runHollow is --runtime=fake: a hollow node for scale tests (package
+// agent/hollow), which talks to one API address.
+func runHollow(ctx context.Context, o *agentOptions, labels map[string]string, log *slog.Logger) error {
+	if len(o.server) == 0 {
+		return errors.New("--runtime=fake needs --server (the API address, host:port)")
+	}
+	cs, err := kubernetes.NewForConfig(&rest.Config{
+		Host:      "http://" + o.server[0],
+		UserAgent: "flotilla-agent/" + o.nodeName,
+		QPS:       50,
+		Burst:     100,
+	})
+	if err != nil {
+		return err
+	}
+	node, err := hollow.Start(ctx, hollow.Config{
+		Name:       o.nodeName,
+		Client:     cs,
+		GossipBind: o.bind,
+		GossipPort: o.gossipPort,
+		Join:       o.join,
+		Labels:     labels,
+		Pods:       o.maxPods,
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	node.Leave()
+	return nil
 }
 
 func parseLabels(s string) (map[string]string, error) {
@@ -109,6 +316,29 @@ func parseLabels(s string) (map[string]string, error) {
 			return nil, fmt.Errorf("--labels %q: want k=v[,k=v...]", s)
 		}
 		out[k] = v
+	}
+	return out, nil
+}
+
+// parseTaints reads key[=value]:Effect, as kubectl taint and the kubelet's
+// --register-with-taints write them.
+func parseTaints(specs []string) ([]corev1.Taint, error) {
+	var out []corev1.Taint
+	for _, s := range specs {
+		kv, effect, ok := strings.Cut(s, ":")
+		if !ok {
+			return nil, fmt.Errorf("--taints %q: want key[=value]:Effect", s)
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		switch e := corev1.TaintEffect(effect); e {
+		case corev1.TaintEffectNoSchedule, corev1.TaintEffectPreferNoSchedule, corev1.TaintEffectNoExecute:
+		default:
+			return nil, fmt.Errorf("--taints %q: effect %q: want NoSchedule, PreferNoSchedule or NoExecute", s, effect)
+		}
+		if k == "" {
+			return nil, fmt.Errorf("--taints %q: empty key", s)
+		}
+		out = append(out, corev1.Taint{Key: k, Value: v, Effect: corev1.TaintEffect(effect)})
 	}
 	return out, nil
 }

@@ -55,6 +55,7 @@ func newRootCommand() *cobra.Command {
 		newKubectlCommand(),
 		newKubeconfigCommand(),
 		newAgentCommand(logs),
+		newImageCommand(),
 	)
 	return root
 }

@@ -35,6 +35,8 @@ type serverOptions struct {
 	bootstrapExpect   int
 	join              []string
 	deadServerCleanup time.Duration
+	agent             bool
+	agentFlags        agentFlags
 }
 
 func newServerCommand(logs *logOptions) *cobra.Command {
@@ -63,6 +65,8 @@ func newServerCommand(logs *logOptions) *cobra.Command {
 	f.IntVar(&o.bootstrapExpect, "bootstrap-expect", 0, "bootstrap a new cluster once this many servers are seen (0: join an existing one)")
 	f.StringArrayVar(&o.join, "join", nil, "gossip address (host:port) of any member to join; repeatable")
 	f.DurationVar(&o.deadServerCleanup, "dead-server-cleanup", 5*time.Minute, "remove a server from Raft after it has been dead this long (only while quorum stays safe)")
+	f.BoolVar(&o.agent, "agent", false, "also run a node agent in this process (all-in-one); its Node is named after --name and the agent flags below apply")
+	o.agentFlags.register(cmd)
 	return cmd
 }
 
@@ -79,6 +83,17 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 	}{{"--raft-port", o.raftPort}, {"--gossip-port", o.gossipPort}, {"--api-port", o.apiPort}} {
 		if p.port <= 0 || p.port > 65535 {
 			return fmt.Errorf("%s %d: not a port", p.flag, p.port)
+		}
+	}
+	var nodeIP string
+	if o.agent {
+		// Checked before anything starts, so bad agent flags fail fast.
+		if err := o.agentFlags.check(); err != nil {
+			return err
+		}
+		var err error
+		if nodeIP, err = nodeAddress(o.bind, o.advertise); err != nil {
+			return err
 		}
 	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
@@ -192,11 +207,41 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 	}
 	log.Info("server started", "name", o.name, "api", ln.Addr().String(), "data_dir", o.dataDir, "kubeconfig", kc)
 
+	agentErr := make(chan error, 1)
+	actx, stopAgent := context.WithCancel(ctx)
+	defer stopAgent()
+	if o.agent {
+		// The agent shares this server's gossip membership (one member per
+		// process, so the Node's health is this member's) and tries the
+		// local API first.
+		go func() {
+			agentErr <- runAgent(actx, &o.agentFlags, agentSetup{
+				nodeName: o.name,
+				dataDir:  o.dataDir,
+				nodeIP:   nodeIP,
+				members:  node.Members,
+				servers:  []string{localAPI},
+			}, log)
+		}()
+	}
+
+	var runErr error
+	agentDone := !o.agent
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
 	case err := <-serveErr:
 		log.Error("api server stopped", "err", err)
+	case err := <-agentErr:
+		log.Error("agent stopped", "err", err)
+		runErr = fmt.Errorf("agent: %w", err)
+		agentDone = true
+	}
+	// The agent stops first: it leaves its containers running for the
+	// next start, and needs nothing of the server to do so.
+	stopAgent()
+	if !agentDone {
+		<-agentErr
 	}
 	// Stop in reverse: the node first (a leader hands leadership over while
 	// the API still answers forwarded writes), then the listener.
@@ -204,7 +249,7 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 	defer cancel()
 	nerr := node.Shutdown(sctx)
 	_ = srv.Shutdown(sctx)
-	return nerr
+	return errors.Join(runErr, nerr)
 }
 
 // serverMux routes the API port: internal and operator endpoints go to the

@@ -1,0 +1,209 @@
+package gossip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"flotilla/cluster"
+)
+
+// Config configures an agent's gossip membership.
+type Config struct {
+	// Name is the member name: the Node's name, which is how the node
+	// lifecycle controller finds this node's health.
+	Name string
+	// Bind is the address to listen on; Port the gossip port (TCP and
+	// UDP, 0 picks a free one).
+	Bind string
+	Port int
+	// Advertise is the address other members reach this one at (default:
+	// memberlist picks from Bind).
+	Advertise string
+	// Join lists members' gossip addresses (host:port); one reachable is
+	// enough.
+	Join []string
+	// Timing is "lan" (the default, memberlist's LAN profile) or "local"
+	// (loopback-fast, for tests).
+	Timing string
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+}
+
+// Pool is this agent's place in the gossip pool.
+type Pool struct {
+	ml   *memberlist.Memberlist
+	meta *delegate
+	log  *slog.Logger
+}
+
+// ErrNoMembers means no address given to join answered.
+var ErrNoMembers = errors.New("no member reachable")
+
+// Start creates the member and joins the pool, retrying every few seconds
+// until one of cfg.Join answers or ctx ends: an agent started before its
+// masters (a common boot order) waits for them rather than failing.
+func Start(ctx context.Context, cfg Config) (*Pool, error) {
+	if cfg.Name == "" || cfg.Bind == "" {
+		return nil, errors.New("gossip: Name and Bind are required")
+	}
+	if len(cfg.Join) == 0 {
+		return nil, errors.New("gossip: nothing to join: give the gossip address of any server or agent")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	p := &Pool{meta: &delegate{}, log: cfg.Logger.With("component", "gossip")}
+	if err := p.meta.setMeta(""); err != nil {
+		return nil, err
+	}
+	mc := memberlist.DefaultLANConfig()
+	if cfg.Timing == "local" {
+		mc = memberlist.DefaultLocalConfig()
+	}
+	mc.Name = cfg.Name
+	mc.BindAddr = cfg.Bind
+	mc.BindPort = cfg.Port
+	mc.AdvertisePort = cfg.Port
+	if cfg.Advertise != "" {
+		mc.AdvertiseAddr = cfg.Advertise
+	}
+	mc.Delegate = p.meta
+	mc.Logger = cluster.NewStdLogger(p.log.With("component", "memberlist"))
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.Port)), err)
+	}
+	p.ml = ml
+	backoff := time.Second
+	for {
+		n, err := ml.Join(cfg.Join)
+		if n > 0 {
+			break
+		}
+		p.log.Warn("join gossip pool failed; retrying", "join", cfg.Join, "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			_ = ml.Shutdown()
+			return nil, fmt.Errorf("join %v: %w (%v)", cfg.Join, ErrNoMembers, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+	p.adoptClusterID()
+	p.log.Info("joined gossip pool", "addr", p.Addr(), "members", ml.NumMembers())
+	return p, nil
+}
+
+// adoptClusterID advertises the cluster's ID once a server told us: a member
+// that names its cluster cannot be mistaken for one of another cluster.
+func (p *Pool) adoptClusterID() {
+	for _, m := range p.Members() {
+		if m.Role == cluster.RoleServer && m.Meta[cluster.MetaClusterID] != "" {
+			if err := p.meta.setMeta(m.Meta[cluster.MetaClusterID]); err == nil {
+				_ = p.ml.UpdateNode(time.Second)
+			}
+			return
+		}
+	}
+}
+
+// Addr is this member's gossip address (host:port).
+func (p *Pool) Addr() string { return p.ml.LocalNode().Address() }
+
+// Members lists the pool as memberlist sees it now, sorted by name.
+func (p *Pool) Members() []cluster.Member {
+	nodes := p.ml.Members()
+	out := make([]cluster.Member, 0, len(nodes))
+	for _, n := range nodes {
+		meta, err := cluster.DecodeMeta(n.Meta)
+		if err != nil {
+			continue
+		}
+		// A suspect member still counts as alive, as the servers count it.
+		status := cluster.StatusAlive
+		switch n.State {
+		case memberlist.StateDead:
+			status = cluster.StatusDead
+		case memberlist.StateLeft:
+			status = cluster.StatusLeft
+		}
+		out = append(out, cluster.Member{Name: n.Name, Addr: n.Address(), Status: status, Role: meta[cluster.MetaRole], Meta: meta})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Leave tells the pool this member is going away on purpose, then stops.
+func (p *Pool) Leave(timeout time.Duration) {
+	if err := p.ml.Leave(timeout); err != nil {
+		p.log.Warn("leave gossip pool", "err", err)
+	}
+	p.Shutdown()
+}
+
+// Shutdown stops gossiping without leaving: the pool sees this member fail,
+// as it would a node that lost power.
+func (p *Pool) Shutdown() {
+	if err := p.ml.Shutdown(); err != nil {
+		p.log.Warn("shut down gossip", "err", err)
+	}
+}
+
+// APIAddrs returns the API addresses of the servers that gossip reports
+// alive, from a member list (of a Pool or of a server's cluster.Node).
+func APIAddrs(members []cluster.Member) []string {
+	var out []string
+	for _, m := range members {
+		if m.Role != cluster.RoleServer || m.Status != cluster.StatusAlive {
+			continue
+		}
+		if a := m.Meta[cluster.MetaAPIAddr]; a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// delegate gives memberlist this member's metadata; the rest of
+// memberlist.Delegate is unused.
+type delegate struct {
+	meta atomic.Pointer[[]byte]
+}
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	p := d.meta.Load()
+	if p == nil || len(*p) > limit {
+		return nil
+	}
+	return *p
+}
+
+func (d *delegate) NotifyMsg([]byte)                {}
+func (d *delegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (d *delegate) LocalState(bool) []byte          { return nil }
+func (d *delegate) MergeRemoteState([]byte, bool)   {}
+
+// setMeta encodes the agent metadata with the cluster ID, "" while unknown
+// (servers accept a member without one).
+func (d *delegate) setMeta(clusterID string) error {
+	meta := map[string]string{cluster.MetaRole: cluster.RoleAgent}
+	if clusterID != "" {
+		meta[cluster.MetaClusterID] = clusterID
+	}
+	buf, err := cluster.EncodeMeta(meta)
+	if err != nil {
+		return err
+	}
+	d.meta.Store(&buf)
+	return nil
+}
