@@ -300,6 +300,13 @@ func sameRoute(x, y network.Route) bool {
 // syncStatus writes the Node's status when it differs from what the agent
 // knows; an unchanged node costs no write.
 func (a *Agent) syncStatus(ctx context.Context, cur *corev1.Node) error {
+	if markedUnreachable(cur) {
+		// The leader's gossip lost this node and said so. Writing Ready
+		// back now would fight it write for write; it removes the taint
+		// once gossip reaches the node again, and the update that brings
+		// lets the agent put its conditions back.
+		return nil
+	}
 	want := a.desiredStatus(cur)
 	if apiequality.Semantic.DeepEqual(want, cur.Status) {
 		return nil
@@ -311,6 +318,17 @@ func (a *Agent) syncStatus(ctx context.Context, cur *corev1.Node) error {
 		return nil // the informer brings the newer one and we look again
 	}
 	return err
+}
+
+// markedUnreachable: the node lifecycle controller tainted the node
+// unreachable.
+func markedUnreachable(n *corev1.Node) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == corev1.TaintNodeUnreachable && t.Effect == corev1.TaintEffectNoExecute {
+			return true
+		}
+	}
+	return false
 }
 
 // desiredStatus is the Node status the agent stands behind, keeping

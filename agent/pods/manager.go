@@ -26,6 +26,7 @@ import (
 
 	"flotilla/agent/network"
 	"flotilla/agent/runtime"
+	"flotilla/api/eventsink"
 )
 
 // Network is what the Manager needs from the pod network (*network.Manager
@@ -231,12 +232,12 @@ func (m *Manager) Run(ctx context.Context) error {
 	if events == nil {
 		events = m.cfg.Client
 	}
-	sink := &closingSink{inner: &typedcorev1.EventSinkImpl{Interface: events.CoreV1().Events("")}}
+	sink := eventsink.New(&typedcorev1.EventSinkImpl{Interface: events.CoreV1().Events("")})
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartRecordingToSink(sink)
 	m.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: eventComponent, Host: m.cfg.NodeName})
 	defer func() {
-		sink.close(5 * time.Second)
+		sink.Close(5 * time.Second)
 		broadcaster.Shutdown()
 	}()
 

@@ -296,7 +296,9 @@ func TestImageProblems(t *testing.T) {
 	never.Spec.Containers[0].Image = "flotilla.test/absent:v1"
 	never.Spec.Containers[0].ImagePullPolicy = corev1.PullNever
 	pull := toolboxPod("pull", true, "serve")
-	pull.Spec.Containers[0].Image = "flotilla.test/absent:v2"
+	// A registry on loopback that refuses: a pull here must never look a
+	// name up or leave the machine.
+	pull.Spec.Containers[0].Image = "127.0.0.1:1/absent:v2"
 	h.create(never)
 	h.create(pull)
 	p := h.waitPod("never", 30*time.Second, "ErrImageNeverPull", func(p *corev1.Pod) bool {
@@ -311,7 +313,7 @@ func TestImageProblems(t *testing.T) {
 		cs := containerStatus(p, "main")
 		return cs != nil && cs.State.Waiting != nil && cs.State.Waiting.Reason == "ImagePullBackOff"
 	})
-	h.waitEvent("pull", `Failed: Failed to pull image "flotilla.test/absent:v2"`, 5*time.Second)
+	h.waitEvent("pull", `Failed: Failed to pull image "127.0.0.1:1/absent:v2"`, 5*time.Second)
 }
 
 func TestMissingExecutable(t *testing.T) {

@@ -18,6 +18,8 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
+
+	"flotilla/api/eventsink"
 )
 
 // Controller names, for Config.Controllers.
@@ -222,11 +224,11 @@ func (m *Manager) Run(ctx context.Context) error {
 	// no controller records into a stopped broadcaster; then the sink waits
 	// for the writes in flight.
 	broadcast := record.NewBroadcaster()
-	sink := &closingSink{inner: &typedcorev1.EventSinkImpl{Interface: cfg.Client.CoreV1().Events("")}}
+	sink := eventsink.New(&typedcorev1.EventSinkImpl{Interface: cfg.Client.CoreV1().Events("")})
 	broadcast.StartRecordingToSink(sink)
 	defer func() {
 		broadcast.Shutdown()
-		sink.close(5 * time.Second)
+		sink.Close(5 * time.Second)
 	}()
 	b := &base{cfg: cfg, client: cfg.Client, factory: factory, log: log, broadcast: broadcast}
 

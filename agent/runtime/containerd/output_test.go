@@ -57,10 +57,18 @@ func blockedInWrite(pid int) bool {
 func checkLines(t *testing.T, path string, n int) {
 	t.Helper()
 	last := map[string]int{"stdout": -2, "stderr": -1}
+	// A line cut by a Runtime going away mid-line is a P record whose
+	// rest follows in the next record of its stream; readers join them.
+	partial := map[string]string{}
 	count := 0
 	for _, rec := range logContent(t, path) {
 		stream, rest, _ := strings.Cut(rec, " ")
 		tag, content, _ := strings.Cut(rest, " ")
+		if tag == "P" {
+			partial[stream] += content
+			continue
+		}
+		content, partial[stream] = partial[stream]+content, ""
 		i, err := strconv.Atoi(strings.TrimPrefix(content, "line "))
 		if tag != "F" || err != nil {
 			t.Fatalf("unexpected record %q", rec)

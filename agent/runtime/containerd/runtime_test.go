@@ -46,7 +46,7 @@ func TestImages(t *testing.T) {
 	}
 
 	// No registry is reachable: the pull must fail, say why, and not hang.
-	for _, ref := range []string{"127.0.0.1:1/nope:v1", "registry.invalid/nope:v1"} {
+	for _, ref := range []string{"127.0.0.1:1/nope:v1"} { // loopback only: no DNS lookups from tests
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		start := time.Now()
 		_, err := e.rt.PullImage(pctx, ref)

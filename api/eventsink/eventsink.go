@@ -1,4 +1,4 @@
-package controllers
+package eventsink
 
 import (
 	"sync"
@@ -10,11 +10,12 @@ import (
 	"k8s.io/client-go/tools/record"
 )
 
-// closingSink is the broadcaster's EventSink with an end: once closed it
-// writes nothing more, and close waits for the writes in flight. The
-// broadcaster's Shutdown does not wait for its recording goroutine, so
-// without this an event write could outlive Manager.Run.
-type closingSink struct {
+// Sink is a client-go event broadcaster's EventSink with an end: once
+// closed it writes nothing more, and Close waits for the writes in flight.
+// The broadcaster's Shutdown does not wait for its recording goroutine, so
+// without this an event write could outlive the component that made it
+// (and a test's API server).
+type Sink struct {
 	inner  record.EventSink
 	mu     sync.Mutex
 	closed bool
@@ -26,7 +27,7 @@ type closingSink struct {
 // without retrying.
 var errSinkClosed = apierrors.NewAlreadyExists(schema.GroupResource{Resource: "events"}, "(event recorder stopped)")
 
-func (s *closingSink) enter() bool {
+func (s *Sink) enter() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -36,10 +37,13 @@ func (s *closingSink) enter() bool {
 	return true
 }
 
-// close stops writes and waits for those in flight, at most timeout: a
+// New wraps inner.
+func New(inner record.EventSink) *Sink { return &Sink{inner: inner} }
+
+// Close stops writes and waits for those in flight, at most timeout: a
 // write stuck on an API without a Raft leader must not hold up the end of
-// a leadership term.
-func (s *closingSink) close(timeout time.Duration) {
+// a leadership term or an agent's shutdown.
+func (s *Sink) Close(timeout time.Duration) {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
@@ -54,7 +58,7 @@ func (s *closingSink) close(timeout time.Duration) {
 	}
 }
 
-func (s *closingSink) Create(e *corev1.Event) (*corev1.Event, error) {
+func (s *Sink) Create(e *corev1.Event) (*corev1.Event, error) {
 	if !s.enter() {
 		return nil, errSinkClosed
 	}
@@ -62,7 +66,7 @@ func (s *closingSink) Create(e *corev1.Event) (*corev1.Event, error) {
 	return s.inner.Create(e)
 }
 
-func (s *closingSink) Update(e *corev1.Event) (*corev1.Event, error) {
+func (s *Sink) Update(e *corev1.Event) (*corev1.Event, error) {
 	if !s.enter() {
 		return nil, errSinkClosed
 	}
@@ -70,7 +74,7 @@ func (s *closingSink) Update(e *corev1.Event) (*corev1.Event, error) {
 	return s.inner.Update(e)
 }
 
-func (s *closingSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
+func (s *Sink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
 	if !s.enter() {
 		return nil, errSinkClosed
 	}
