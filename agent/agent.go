@@ -14,6 +14,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -199,7 +200,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); a.healthLoop(ctx) }()
+	go func() { defer wg.Done(); wait.UntilWithContext(ctx, a.checkHealth, healthInterval) }()
 	go func() { defer wg.Done(); a.nodeLoop(ctx) }()
 	var podErr error
 	go func() { defer wg.Done(); podErr = pm.Run(ctx) }()

@@ -52,19 +52,6 @@ func (h health) ready() (corev1.ConditionStatus, string, string) {
 // answer changes.
 const healthInterval = 2 * time.Second
 
-func (a *Agent) healthLoop(ctx context.Context) {
-	t := time.NewTicker(healthInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.checkHealth(ctx)
-		}
-	}
-}
-
 // checkHealth updates a.health and pings healthSet when it changed.
 func (a *Agent) checkHealth(ctx context.Context) {
 	var h health

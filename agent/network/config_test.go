@@ -44,7 +44,7 @@ func TestParsePodCIDR(t *testing.T) {
 
 func TestBuildConflist(t *testing.T) {
 	cidr, _ := parsePodCIDR("10.244.3.0/24")
-	raw, err := buildConflist(cidr, "br-test", 1450, "/data/ipam")
+	raw, err := buildConflist(cidr, "br-test", 1450, "/data/ipam", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,14 +59,14 @@ func TestBuildConflist(t *testing.T) {
 	for _, p := range list.Plugins {
 		types = append(types, p.Network.Type)
 	}
-	if got := strings.Join(types, ","); got != "loopback,bridge,portmap" {
+	if got := strings.Join(types, ","); got != "bridge,portmap" {
 		t.Errorf("plugins = %s", got)
 	}
-	if !list.Plugins[2].Network.Capabilities["portMappings"] {
+	if !list.Plugins[1].Network.Capabilities["portMappings"] {
 		t.Error("portmap lacks the portMappings capability")
 	}
 	var br bridgeConf
-	if err := json.Unmarshal(list.Plugins[1].Bytes, &br); err != nil {
+	if err := json.Unmarshal(list.Plugins[0].Bytes, &br); err != nil {
 		t.Fatal(err)
 	}
 	if br.Bridge != "br-test" || !br.IsGateway || br.IPMasq || !br.HairpinMode || br.MTU != 1450 {
@@ -78,6 +78,18 @@ func TestBuildConflist(t *testing.T) {
 	}
 	if s, err := conflistSubnet(raw); err != nil || s != "10.244.3.0/24" {
 		t.Errorf("conflistSubnet = %q, %v", s, err)
+	}
+	// Without hostPorts: the same bridge, and no portmap.
+	plain, err := buildConflist(cidr, "br-test", 1450, "/data/ipam", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plainList, err := libcni.ConfListFromBytes(plain)
+	if err != nil {
+		t.Fatalf("libcni rejects the conflist without portmap: %v\n%s", err, plain)
+	}
+	if len(plainList.Plugins) != 1 || string(plainList.Plugins[0].Bytes) != string(list.Plugins[0].Bytes) {
+		t.Errorf("conflist without hostPorts:\n%s", plain)
 	}
 	cidr6, _ := parsePodCIDR("fd00:9::/64")
 	if gw := gatewayOf(cidr6); !gw.Equal(net.ParseIP("fd00:9::1")) {

@@ -18,16 +18,12 @@ const cniVersion = "1.0.0"
 const podIfName = "eth0"
 
 // requiredPlugins are the plugin binaries the conflist uses.
-var requiredPlugins = []string{"loopback", "bridge", "host-local", "portmap"}
+var requiredPlugins = []string{"bridge", "host-local", "portmap"}
 
 type conflist struct {
 	CNIVersion string `json:"cniVersion"`
 	Name       string `json:"name"`
 	Plugins    []any  `json:"plugins"`
-}
-
-type loopbackConf struct {
-	Type string `json:"type"`
 }
 
 type bridgeConf struct {
@@ -90,10 +86,14 @@ func gatewayOf(n *net.IPNet) net.IP {
 	return gw
 }
 
-// buildConflist writes the CNI network for a podCIDR: loopback in the pod;
-// a bridge acting as the pods' gateway, with host-local handing out the
-// CIDR; portmap for hostPorts (snat so that hostPorts on localhost work).
-func buildConflist(cidr *net.IPNet, bridge string, mtu int, ipamDir string) ([]byte, error) {
+// buildConflist writes the CNI network for a podCIDR: a bridge acting as
+// the pods' gateway, with host-local handing out the CIDR; then, when
+// hostPorts is set, portmap for them (snat so that hostPorts on localhost
+// work). Every plugin is a process to start per pod, which a burst of pods
+// pays for in CPU, so none runs without a use: pods without hostPorts get
+// the list without portmap, and there is no loopback plugin because
+// createNetNS brings lo up itself.
+func buildConflist(cidr *net.IPNet, bridge string, mtu int, ipamDir string, hostPorts bool) ([]byte, error) {
 	defaultDst := "0.0.0.0/0"
 	if cidr.IP.To4() == nil {
 		defaultDst = "::/0"
@@ -102,7 +102,6 @@ func buildConflist(cidr *net.IPNet, bridge string, mtu int, ipamDir string) ([]b
 		CNIVersion: cniVersion,
 		Name:       networkName,
 		Plugins: []any{
-			loopbackConf{Type: "loopback"},
 			bridgeConf{
 				Type:        "bridge",
 				Bridge:      bridge,
@@ -117,8 +116,10 @@ func buildConflist(cidr *net.IPNet, bridge string, mtu int, ipamDir string) ([]b
 					DataDir: ipamDir,
 				},
 			},
-			portmapConf{Type: "portmap", Capabilities: map[string]bool{"portMappings": true}, SNAT: true},
 		},
+	}
+	if hostPorts {
+		c.Plugins = append(c.Plugins, portmapConf{Type: "portmap", Capabilities: map[string]bool{"portMappings": true}, SNAT: true})
 	}
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {

@@ -1,7 +1,7 @@
 // Package network owns a node's pod networking: one network namespace per
 // pod, attached to the node through CNI (Debian's containernetworking-plugins:
-// loopback, bridge with host-local IPAM over the node's podCIDR, portmap for
-// hostPorts), and the host-gw routes that carry traffic to other nodes'
+// bridge with host-local IPAM over the node's podCIDR, portmap for the pods
+// that have hostPorts; lo is brought up by the agent), and the host-gw routes that carry traffic to other nodes'
 // podCIDRs.
 //
 // Pods have no sandbox ("pause") container. A pod's network namespace is a

@@ -63,9 +63,13 @@ type Manager struct {
 	mu       sync.Mutex
 	cidr     *net.IPNet                // set by SetPodCIDR in this run
 	diskCIDR string                    // the podCIDR of the conflist an earlier run wrote
-	confList *libcni.NetworkConfigList // built from cidr
+	confList *libcni.NetworkConfigList // built from cidr, for pods with hostPorts
 	confRaw  []byte                    // the conflist bytes
-	pods     map[string]record         // by pod UID, including setups under way
+	// plainList and plainRaw are the conflist without portmap, for the
+	// pods without hostPorts (most): one plugin process less to start.
+	plainList *libcni.NetworkConfigList
+	plainRaw  []byte
+	pods      map[string]record // by pod UID, including setups under way
 }
 
 // record is what survives a restart for one pod: enough to run CNI DEL.
@@ -204,11 +208,19 @@ func (m *Manager) SetPodCIDR(cidr string) error {
 			mtu = 1500
 		}
 	}
-	raw, err := buildConflist(ipnet, m.cfg.Bridge, mtu, m.ipamDir)
+	raw, err := buildConflist(ipnet, m.cfg.Bridge, mtu, m.ipamDir, true)
 	if err != nil {
 		return err
 	}
 	list, err := libcni.ConfListFromBytes(raw)
+	if err != nil {
+		return fmt.Errorf("parse cni conflist: %w", err)
+	}
+	plainRaw, err := buildConflist(ipnet, m.cfg.Bridge, mtu, m.ipamDir, false)
+	if err != nil {
+		return err
+	}
+	plainList, err := libcni.ConfListFromBytes(plainRaw)
 	if err != nil {
 		return fmt.Errorf("parse cni conflist: %w", err)
 	}
@@ -223,6 +235,7 @@ func (m *Manager) SetPodCIDR(cidr string) error {
 		}
 	}
 	m.cidr, m.diskCIDR, m.confList, m.confRaw = ipnet, ipnet.String(), list, raw
+	m.plainList, m.plainRaw = plainList, plainRaw
 	m.log.Info("pod CIDR set", "cidr", ipnet.String(), "bridge", m.cfg.Bridge, "mtu", mtu)
 	return nil
 }
@@ -292,6 +305,9 @@ func (m *Manager) SetupPod(ctx context.Context, p PodNetwork) (Attachment, error
 		return Attachment{}, fmt.Errorf("set up network of pod %s: %w: node has no pod CIDR yet", p.UID, ErrNotReady)
 	}
 	list, raw := m.confList, m.confRaw
+	if len(ports) == 0 {
+		list, raw = m.plainList, m.plainRaw
+	}
 	rec = record{UID: p.UID, Namespace: p.Namespace, Name: p.Name, NetNS: m.netnsPath(p.UID), Conflist: raw}
 	for _, pm := range ports {
 		rec.Ports = append(rec.Ports, PortMapping{HostPort: pm.HostPort, ContainerPort: pm.ContainerPort, Protocol: pm.Protocol, HostIP: pm.HostIP})

@@ -419,7 +419,7 @@ func conflistMTU(t *testing.T, raw []byte) int {
 	if err := json.Unmarshal(raw, &c); err != nil {
 		t.Fatal(err)
 	}
-	return c.Plugins[1].MTU
+	return c.Plugins[0].MTU
 }
 
 func TestSyncRoutes(t *testing.T) {

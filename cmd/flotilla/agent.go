@@ -189,6 +189,13 @@ func runAgent(ctx context.Context, o *agentFlags, s agentSetup, log *slog.Logger
 	}
 	labels, _ := parseLabels(o.labels)
 	taints, _ := parseTaints(o.taints)
+	// Absolute: containerd's config, the shims and the CNI plugins run
+	// elsewhere than our working directory (make run uses ./data).
+	dataDir, err := filepath.Abs(s.dataDir)
+	if err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	s.dataDir = dataDir
 	agentDir := filepath.Join(s.dataDir, "agent")
 	if err := os.MkdirAll(agentDir, 0o700); err != nil {
 		return fmt.Errorf("agent data dir: %w", err)
