@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -304,34 +303,8 @@ func TestUnsupportedPodFeatures(t *testing.T) {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if archiveDir != "" {
-		os.RemoveAll(archiveDir)
-	}
+	testimages.Cleanup()
 	os.Exit(code)
-}
-
-var (
-	archiveOnce sync.Once
-	archivePath string
-	archiveErr  error
-	archiveDir  string
-)
-
-// toolboxArchive builds the test image once per test binary.
-func toolboxArchive(t *testing.T) string {
-	t.Helper()
-	archiveOnce.Do(func() {
-		if archiveDir, archiveErr = os.MkdirTemp("", "flotilla-toolbox"); archiveErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		archivePath, archiveErr = testimages.Build(ctx, archiveDir)
-	})
-	if archiveErr != nil {
-		t.Fatalf("build toolbox image: %v", archiveErr)
-	}
-	return archivePath
 }
 
 // agentEnv is an API with one Node, n1, whose agent endpoint is the real
@@ -349,7 +322,7 @@ type agentEnv struct {
 func newAgentEnv(t *testing.T) *agentEnv {
 	t.Helper()
 	proc := containerdproc.StartForTest(t) // skips without root or containerd
-	archive := toolboxArchive(t)
+	archive := testimages.ForTest(t)
 	ctx := ctxT(t)
 	log := slog.New(slog.DiscardHandler)
 	rt, err := containerd.New(ctx, containerd.Config{Address: proc.Address(), Namespace: "api" + strconv.Itoa(os.Getpid()), Logger: log})

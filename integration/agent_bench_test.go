@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+
+	"flotilla/testimages"
 )
 
 // BenchmarkPodStartup measures pod startup latency as Kubernetes' SLO does:
@@ -30,7 +32,7 @@ import (
 //	go test -run '^$' -bench PodStartup -benchtime 1x ./integration/
 func BenchmarkPodStartup(b *testing.B) {
 	containerd := sharedContainerd(b)
-	image := toolboxImage(b)
+	image := testimages.ForTest(b)
 	lab := newLab(b)
 	h1, h2 := lab.host("m1"), lab.host("n1")
 	m := newServerIn(b, h1, "m1", "--bootstrap-expect", "1")

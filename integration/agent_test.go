@@ -26,29 +26,6 @@ import (
 	"flotilla/testimages"
 )
 
-// toolboxArchive builds the test image once for the package.
-var toolbox struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-func toolboxImage(t testing.TB) string {
-	t.Helper()
-	toolbox.once.Do(func() {
-		dir, err := os.MkdirTemp("", "flotilla-it-img-")
-		if err != nil {
-			toolbox.err = err
-			return
-		}
-		toolbox.path, toolbox.err = testimages.Build(context.Background(), dir)
-	})
-	if toolbox.err != nil {
-		t.Fatalf("build the toolbox image: %v", toolbox.err)
-	}
-	return toolbox.path
-}
-
 // node is one test node of a real cluster: a master with an agent in one
 // process, or an agent alone, inside a lab host.
 type node struct {
@@ -197,7 +174,7 @@ func httpGetIn(ctx context.Context, h *testHost, url string) (string, error) {
 // and no leaks once the pods are gone.
 func TestAgentTwoNodes(t *testing.T) {
 	containerd := sharedContainerd(t)
-	image := toolboxImage(t)
+	image := testimages.ForTest(t)
 	lab := newLab(t)
 	h1, h2 := lab.host("n1"), lab.host("n2")
 	m := newMasterNode(t, h1, "n1", containerd)
@@ -602,7 +579,7 @@ func openPTY() (master, slave *os.File, err error) {
 // to another without a restart: a pod created afterwards runs.
 func TestAgentMasterFailover(t *testing.T) {
 	containerd := sharedContainerd(t)
-	image := toolboxImage(t)
+	image := testimages.ForTest(t)
 	lab := newLab(t)
 	hosts := []*testHost{lab.host("m1"), lab.host("m2"), lab.host("m3")}
 	var masters []*server

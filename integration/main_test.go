@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"flotilla/testimages"
 )
 
 // flotillaBin is the binary under test, built once for the whole package.
@@ -42,6 +44,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	stopSharedContainerd()
+	testimages.Cleanup()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

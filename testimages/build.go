@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sync"
+	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -295,4 +297,38 @@ func writeTar(tw *tar.Writer, entries []tarEntry) error {
 		return fmt.Errorf("%w: close tar: %w", ErrBuild, err)
 	}
 	return nil
+}
+
+// forTest is the archive ForTest built, once per process.
+var forTest struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// ForTest returns the toolbox archive for a test, building it on the first
+// call of the test binary into a temp dir that Cleanup removes (a
+// TestMain calls it after m.Run).
+func ForTest(t testing.TB) string {
+	t.Helper()
+	forTest.once.Do(func() {
+		if forTest.dir, forTest.err = os.MkdirTemp("", "flotilla-toolbox-"); forTest.err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		forTest.path, forTest.err = Build(ctx, forTest.dir)
+	})
+	if forTest.err != nil {
+		t.Fatalf("build the toolbox image: %v", forTest.err)
+	}
+	return forTest.path
+}
+
+// Cleanup removes what ForTest built.
+func Cleanup() {
+	if forTest.dir != "" {
+		os.RemoveAll(forTest.dir)
+	}
 }

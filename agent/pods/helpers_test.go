@@ -41,13 +41,6 @@ import (
 // inode so the child can check it really is elsewhere.
 const nsEnv = "FLOTILLA_PODS_TEST_PARENT_NETNS"
 
-var (
-	archiveOnce sync.Once
-	archivePath string
-	archiveErr  error
-	archiveDir  string
-)
-
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if parent := os.Getenv(nsEnv); parent == "" {
@@ -67,9 +60,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
-	if archiveDir != "" {
-		os.RemoveAll(archiveDir)
-	}
+	testimages.Cleanup()
 	os.Exit(code)
 }
 
@@ -103,24 +94,6 @@ func netnsInode(path string) uint64 {
 		return 0
 	}
 	return st.Ino
-}
-
-// toolboxArchive builds the test image once per test binary.
-func toolboxArchive(t *testing.T) string {
-	t.Helper()
-	archiveOnce.Do(func() {
-		archiveDir, archiveErr = os.MkdirTemp("", "flotilla-pods-toolbox")
-		if archiveErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		archivePath, archiveErr = testimages.Build(ctx, archiveDir)
-	})
-	if archiveErr != nil {
-		t.Fatalf("build toolbox image: %v", archiveErr)
-	}
-	return archivePath
 }
 
 // testLogWriter sends logs to the test's log until the test ends.
@@ -178,7 +151,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-	archive := toolboxArchive(t)
+	archive := testimages.ForTest(t)
 	srv := apitest.NewServer(t)
 	proc := containerdproc.StartForTest(t)
 	h := &harness{t: t, client: srv.Client, proc: proc, dataDir: t.TempDir(), log: log}

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,34 +31,8 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if archiveDir != "" {
-		os.RemoveAll(archiveDir)
-	}
+	testimages.Cleanup()
 	os.Exit(code)
-}
-
-var (
-	archiveOnce sync.Once
-	archivePath string
-	archiveErr  error
-	archiveDir  string
-)
-
-// toolboxArchive builds the test image once per test binary.
-func toolboxArchive(t *testing.T) string {
-	t.Helper()
-	archiveOnce.Do(func() {
-		if archiveDir, archiveErr = os.MkdirTemp("", "flotilla-toolbox"); archiveErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		archivePath, archiveErr = testimages.Build(ctx, archiveDir)
-	})
-	if archiveErr != nil {
-		t.Fatalf("build toolbox image: %v", archiveErr)
-	}
-	return archivePath
 }
 
 // env is a private containerd, the containerd runtime on it with the
@@ -73,7 +46,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	proc := containerdproc.StartForTest(t) // skips without root or containerd
-	archive := toolboxArchive(t)
+	archive := testimages.ForTest(t)
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
 	rt, err := containerd.New(ctx, containerd.Config{Address: proc.Address(), Namespace: "t" + randHex(6), Logger: log})
@@ -247,7 +220,7 @@ func TestImagesAndLogs(t *testing.T) {
 	}
 	// Importing again (as `flotilla image import` would) answers what it
 	// imported.
-	f, err := os.Open(toolboxArchive(t))
+	f, err := os.Open(testimages.ForTest(t))
 	if err != nil {
 		t.Fatal(err)
 	}

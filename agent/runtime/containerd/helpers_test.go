@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,37 +21,10 @@ import (
 	"flotilla/testimages"
 )
 
-var (
-	archiveOnce sync.Once
-	archivePath string
-	archiveErr  error
-	archiveDir  string
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if archiveDir != "" {
-		os.RemoveAll(archiveDir)
-	}
+	testimages.Cleanup()
 	os.Exit(code)
-}
-
-// toolboxArchive builds the test image once per test binary.
-func toolboxArchive(t testing.TB) string {
-	t.Helper()
-	archiveOnce.Do(func() {
-		archiveDir, archiveErr = os.MkdirTemp("", "flotilla-toolbox")
-		if archiveErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		archivePath, archiveErr = testimages.Build(ctx, archiveDir)
-	})
-	if archiveErr != nil {
-		t.Fatalf("build toolbox image: %v", archiveErr)
-	}
-	return archivePath
 }
 
 // testLogWriter sends the runtime's log to the test's, until the test ends.
@@ -87,7 +59,7 @@ func newEnv(t testing.TB) *env {
 	t.Helper()
 	w := &testLogWriter{t: t}
 	t.Cleanup(func() { w.done.Store(true) }) // registered first, runs last
-	archive := toolboxArchive(t)
+	archive := testimages.ForTest(t)
 	proc := containerdproc.StartForTest(t)
 	e := &env{
 		t:       t,
