@@ -357,25 +357,10 @@ func newAgentEnv(t *testing.T) *agentEnv {
 // sharing the node's network, and removes it when the test ends.
 func (e *agentEnv) run(pod *corev1.Pod, name string, attempt int, args ...string) runtime.Container {
 	e.t.Helper()
-	ctx := ctxT(e.t)
-	c, err := e.rt.CreateContainer(ctx, runtime.ContainerSpec{
+	return containerd.RunForTest(e.t, e.rt, runtime.ContainerSpec{
 		PodUID: string(pod.UID), PodNamespace: pod.Namespace, PodName: pod.Name, Name: name, Attempt: attempt,
-		Image: testimages.ToolboxRef, Args: args, Hostname: pod.Name,
-		LogPath: filepath.Join(e.t.TempDir(), name+".log"),
+		Image: testimages.ToolboxRef, Args: args,
 	})
-	if err != nil {
-		e.t.Fatalf("create %s: %v", name, err)
-	}
-	e.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = e.rt.StopContainer(ctx, c.ID, 0)
-		_ = e.rt.RemoveContainer(ctx, c.ID)
-	})
-	if err := e.rt.StartContainer(ctx, c.ID); err != nil {
-		e.t.Fatalf("start %s: %v", name, err)
-	}
-	return c
 }
 
 func (e *agentEnv) state(id string) runtime.State {

@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -77,25 +76,10 @@ func randHex(n int) string {
 // removes it when the test ends.
 func (e *env) run(pod, uid, name string, attempt int, args ...string) runtime.Container {
 	e.t.Helper()
-	ctx := context.Background()
-	c, err := e.rt.CreateContainer(ctx, runtime.ContainerSpec{
+	return containerd.RunForTest(e.t, e.rt, runtime.ContainerSpec{
 		PodUID: uid, PodNamespace: "default", PodName: pod, Name: name, Attempt: attempt,
-		Image: testimages.ToolboxRef, Args: args, Hostname: pod,
-		LogPath: filepath.Join(e.t.TempDir(), name+".log"),
+		Image: testimages.ToolboxRef, Args: args,
 	})
-	if err != nil {
-		e.t.Fatalf("create %s: %v", name, err)
-	}
-	e.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = e.rt.StopContainer(ctx, c.ID, 0)
-		_ = e.rt.RemoveContainer(ctx, c.ID)
-	})
-	if err := e.rt.StartContainer(ctx, c.ID); err != nil {
-		e.t.Fatalf("start %s: %v", name, err)
-	}
-	return c
 }
 
 // waitState polls until container id is in state want.
