@@ -219,6 +219,30 @@ func removeNetns(name string) error {
 	return nil
 }
 
+// sweepStalePodNetns unmounts the pod network namespaces that agents of a
+// run killed mid-test (go test's timeout runs no cleanup) left mounted in
+// their data dirs under the temp dir, so those dirs can be removed. It runs
+// after the stale containerd is gone: a namespace a process still lives in
+// belongs to a live run and is left alone. (A concurrent run's pod caught
+// between its network setup and its first container has no process yet;
+// such a pod fails to start and its test says so. CI runs one at a time.)
+func sweepStalePodNetns() {
+	prefix := filepath.Join(os.TempDir(), "Test")
+	for _, m := range mountPoints() {
+		if !strings.HasPrefix(m, prefix) || !strings.Contains(m, "/agent/network/netns/") {
+			continue
+		}
+		if len(pidsInNetns(m)) > 0 {
+			continue
+		}
+		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
+			fmt.Fprintf(os.Stderr, "integration: sweep stale pod netns %s: %v\n", m, err)
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "integration: unmounted stale pod netns %s\n", m)
+	}
+}
+
 // sweepStaleLabs removes what an earlier crashed run left: lab namespaces
 // whose owner no longer holds the lab lock (processes in them are killed
 // first), and containerd directories nobody owns (see
@@ -260,6 +284,7 @@ func sweepStaleLabs() {
 		}
 	}
 	sweepStaleContainerd()
+	sweepStalePodNetns()
 }
 
 // cmd returns, unstarted, a command that runs inside h's network namespace
