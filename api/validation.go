@@ -210,6 +210,20 @@ func volumeSourceNames(src any) []string {
 	return out
 }
 
+// uniqueLabel checks a name that must be a DNS label and unique among its
+// siblings (volumes, containers, ports), and records it in seen.
+func uniqueLabel(name string, p *field.Path, seen sets.Set[string]) field.ErrorList {
+	var errs field.ErrorList
+	for _, msg := range validation.IsDNS1123Label(name) {
+		errs = append(errs, field.Invalid(p, name, msg))
+	}
+	if seen.Has(name) {
+		errs = append(errs, field.Duplicate(p, name))
+	}
+	seen.Insert(name)
+	return errs
+}
+
 func validateVolumes(vols []corev1.Volume, path *field.Path) (sets.Set[string], field.ErrorList) {
 	var errs field.ErrorList
 	names := sets.New[string]()
@@ -218,13 +232,7 @@ func validateVolumes(vols []corev1.Volume, path *field.Path) (sets.Set[string], 
 		if v.Name == "" {
 			errs = append(errs, field.Required(p.Child("name"), ""))
 		} else {
-			for _, msg := range validation.IsDNS1123Label(v.Name) {
-				errs = append(errs, field.Invalid(p.Child("name"), v.Name, msg))
-			}
-			if names.Has(v.Name) {
-				errs = append(errs, field.Duplicate(p.Child("name"), v.Name))
-			}
-			names.Insert(v.Name)
+			errs = append(errs, uniqueLabel(v.Name, p.Child("name"), names)...)
 		}
 		srcs := volumeSourceNames(v.VolumeSource)
 		switch {
@@ -275,13 +283,7 @@ func validateContainer(c *corev1.Container, p *field.Path, names sets.Set[string
 	if c.Name == "" {
 		errs = append(errs, field.Required(p.Child("name"), ""))
 	} else {
-		for _, msg := range validation.IsDNS1123Label(c.Name) {
-			errs = append(errs, field.Invalid(p.Child("name"), c.Name, msg))
-		}
-		if names.Has(c.Name) {
-			errs = append(errs, field.Duplicate(p.Child("name"), c.Name))
-		}
-		names.Insert(c.Name)
+		errs = append(errs, uniqueLabel(c.Name, p.Child("name"), names)...)
 	}
 	if strings.TrimSpace(c.Image) == "" {
 		errs = append(errs, field.Required(p.Child("image"), ""))
@@ -560,13 +562,7 @@ func validateService(o object) field.ErrorList {
 			errs = append(errs, field.Required(pp.Child("name"), ""))
 		}
 		if p.Name != "" {
-			for _, msg := range validation.IsDNS1123Label(p.Name) {
-				errs = append(errs, field.Invalid(pp.Child("name"), p.Name, msg))
-			}
-			if names.Has(p.Name) {
-				errs = append(errs, field.Duplicate(pp.Child("name"), p.Name))
-			}
-			names.Insert(p.Name)
+			errs = append(errs, uniqueLabel(p.Name, pp.Child("name"), names)...)
 		}
 		for _, msg := range validation.IsValidPortNum(int(p.Port)) {
 			errs = append(errs, field.Invalid(pp.Child("port"), p.Port, msg))
