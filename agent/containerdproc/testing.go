@@ -2,8 +2,11 @@ package containerdproc
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/exec"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -58,4 +61,26 @@ func haveRunc() bool {
 	}
 	_, err := os.Stat("/usr/sbin/runc")
 	return err == nil
+}
+
+// TestLogWriter returns a writer that sends log lines to t's log until t
+// ends, then drops them: goroutines of a runtime or agent may still log
+// after the test, when t.Log would panic. Call it before the cleanups of
+// what logs to it, so its own cleanup runs last.
+func TestLogWriter(t testing.TB) io.Writer {
+	w := &testLogWriter{t: t}
+	t.Cleanup(func() { w.done.Store(true) })
+	return w
+}
+
+type testLogWriter struct {
+	t    testing.TB
+	done atomic.Bool
+}
+
+func (w *testLogWriter) Write(p []byte) (int, error) {
+	if !w.done.Load() {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
 }

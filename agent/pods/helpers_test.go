@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,19 +95,6 @@ func netnsInode(path string) uint64 {
 	return st.Ino
 }
 
-// testLogWriter sends logs to the test's log until the test ends.
-type testLogWriter struct {
-	t    testing.TB
-	done atomic.Bool
-}
-
-func (w *testLogWriter) Write(p []byte) (int, error) {
-	if !w.done.Load() {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
 // harness is one node: a real API server in process, a private containerd,
 // the containerd runtime, optionally a pod network, and the Manager.
 type harness struct {
@@ -144,8 +130,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	if testing.Short() {
 		t.Skip("container suite: skipped with -short")
 	}
-	w := &testLogWriter{t: t}
-	t.Cleanup(func() { w.done.Store(true) }) // registered first, runs last
+	w := containerdproc.TestLogWriter(t) // registered first, its cleanup runs last
 	level := slog.LevelInfo
 	if os.Getenv("FLOTILLA_TEST_DEBUG") != "" {
 		level = slog.LevelDebug

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,19 +24,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	testimages.Cleanup()
 	os.Exit(code)
-}
-
-// testLogWriter sends the runtime's log to the test's, until the test ends.
-type testLogWriter struct {
-	t    testing.TB
-	done atomic.Bool
-}
-
-func (w *testLogWriter) Write(p []byte) (int, error) {
-	if !w.done.Load() {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
 }
 
 type env struct {
@@ -57,8 +43,7 @@ type env struct {
 // imports the toolbox image.
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	w := &testLogWriter{t: t}
-	t.Cleanup(func() { w.done.Store(true) }) // registered first, runs last
+	w := containerdproc.TestLogWriter(t) // registered first, its cleanup runs last
 	archive := testimages.ForTest(t)
 	proc := containerdproc.StartForTest(t)
 	e := &env{
