@@ -46,7 +46,7 @@ images:
 
 # Benchmarks never run in CI. Results and the command go in BENCHMARKS.md.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m ./fsm/ ./cluster/... ./scheduler/
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m ./fsm/ ./cluster/... ./scheduler/ ./netproxy/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/...
 	cd bench && $(GO) run ./cmd/storebench -flotilla ../$(BIN) $(BENCHFLAGS)
 
@@ -56,6 +56,7 @@ soak: build
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeTxn -fuzztime 60s ./fsm/
+	$(GO) test -run '^$$' -fuzz FuzzDesiredFrontends -fuzztime 60s ./netproxy/
 
 lint:
 	$(GO) vet $(PKGS)

@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -24,6 +26,7 @@ import (
 	"flotilla/agent/runtime"
 	"flotilla/agent/server"
 	"flotilla/cluster"
+	"flotilla/netproxy"
 )
 
 // Network is what the agent needs of the pod network (package
@@ -72,7 +75,15 @@ type Config struct {
 	StatusResync time.Duration
 	// Version is the Node's kubeletVersion.
 	Version string
-	Logger  *slog.Logger
+	// Proxy runs the Service proxy (package netproxy) in the agent.
+	Proxy bool
+	// NodePortAddresses are where the proxy serves NodePorts, default the
+	// node IP and 127.0.0.1.
+	NodePortAddresses []netip.Addr
+	// Registry gets the agent's metrics; the agent endpoint serves it at
+	// /metrics. Nil: a registry of the agent's own.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
 }
 
 // Agent is a running node agent.
@@ -86,6 +97,7 @@ type Agent struct {
 
 	mu        sync.Mutex
 	podCIDR   string
+	proxy     *netproxy.Proxy
 	health    health
 	healthSet chan struct{} // pinged when health changes
 }
@@ -113,6 +125,16 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if len(cfg.NodePortAddresses) == 0 {
+		ip, _ := netip.ParseAddr(cfg.NodeIP)
+		cfg.NodePortAddresses = []netip.Addr{ip.Unmap()}
+		if lo := netip.MustParseAddr("127.0.0.1"); ip.Unmap() != lo {
+			cfg.NodePortAddresses = append(cfg.NodePortAddresses, lo)
+		}
 	}
 	a := &Agent{
 		cfg:       cfg,
@@ -168,6 +190,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			Runtime: a.cfg.Runtime,
 			Network: a.cfg.Network,
 			Logger:  a.log.With("component", "agent-server"),
+			Extra:   a.extraRoutes(),
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
@@ -199,6 +222,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
+	var proxyErr error
+	if a.cfg.Proxy {
+		if err := a.startProxy(ctx, &wg, &proxyErr); err != nil {
+			return err
+		}
+	}
 	wg.Add(3)
 	go func() { defer wg.Done(); wait.UntilWithContext(ctx, a.checkHealth, healthInterval) }()
 	go func() { defer wg.Done(); a.nodeLoop(ctx) }()
@@ -208,6 +237,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	if podErr != nil && ctx.Err() == nil {
 		return podErr
+	}
+	if proxyErr != nil && ctx.Err() == nil {
+		return proxyErr
 	}
 	return nil
 }

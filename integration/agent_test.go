@@ -467,6 +467,8 @@ func TestAgentBadInput(t *testing.T) {
 		{"bad port", []string{"agent", "--join", "127.0.0.1:1", "--bind", "127.0.0.1", "--agent-port", "70000"}, "not a port"},
 		{"bad backoff", []string{"agent", "--join", "127.0.0.1:1", "--bind", "127.0.0.1", "--restart-backoff", "1m", "--restart-backoff-max", "1s"}, "restart-backoff"},
 		{"bad bind", []string{"agent", "--join", "127.0.0.1:1", "--bind", "nowhere"}, "not an IP address"},
+		{"bad nodeport address", []string{"agent", "--join", "127.0.0.1:1", "--bind", "127.0.0.1", "--nodeport-addresses", "10.0.0.300"}, `--nodeport-addresses "10.0.0.300"`},
+		{"proxy bad nodeport address", []string{"proxy", "--node-name", "x", "--nodeport-addresses", "x"}, `--nodeport-addresses "x"`},
 		{"server --agent bad flag", []string{"server", "--bootstrap-expect", "1", "--agent", "--max-pods", "0", "--data-dir", t.TempDir()}, "--max-pods"},
 	}
 	for _, c := range cases {

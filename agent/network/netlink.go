@@ -9,10 +9,12 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"flotilla/internal/rtnl"
 )
 
-// The little rtnetlink this package needs (list, add and delete routes,
-// delete a link), spoken directly over x/sys/unix so the agent needs no
+// The routes and links this package needs (list, add and delete routes,
+// delete a link), spoken over rtnl so the agent needs no
 // netlink library and no iproute2 binary. Sockets are opened by the calling
 // goroutine; every thread of the agent is in the node's namespace (see
 // onNetNSThread), so requests act there.
@@ -103,12 +105,12 @@ func routeMsg(r kernelRoute) []byte {
 		unix.RT_TABLE_MAIN, r.protocol, unix.RT_SCOPE_UNIVERSE, unix.RTN_UNICAST,
 		0, 0, 0, 0, // flags
 	}
-	b = append(b, rtattr(unix.RTA_DST, ipBytes(r.dst.IP, r.family))...)
+	b = append(b, rtnl.Attr(unix.RTA_DST, ipBytes(r.dst.IP, r.family))...)
 	if r.gw != nil {
-		b = append(b, rtattr(unix.RTA_GATEWAY, ipBytes(r.gw, r.family))...)
+		b = append(b, rtnl.Attr(unix.RTA_GATEWAY, ipBytes(r.gw, r.family))...)
 	}
 	if r.priority != 0 {
-		b = append(b, rtattr(unix.RTA_PRIORITY, binary.NativeEndian.AppendUint32(nil, r.priority))...)
+		b = append(b, rtnl.Attr(unix.RTA_PRIORITY, binary.NativeEndian.AppendUint32(nil, r.priority))...)
 	}
 	return b
 }
@@ -120,21 +122,12 @@ func ipBytes(ip net.IP, family int) []byte {
 	return ip.To16()
 }
 
-func rtattr(typ uint16, data []byte) []byte {
-	l := unix.SizeofRtAttr + len(data)
-	b := make([]byte, (l+unix.RTA_ALIGNTO-1)&^(unix.RTA_ALIGNTO-1))
-	binary.NativeEndian.PutUint16(b[0:2], uint16(l))
-	binary.NativeEndian.PutUint16(b[2:4], typ)
-	copy(b[unix.SizeofRtAttr:], data)
-	return b
-}
-
 func addRoute(r kernelRoute) error {
-	return netlinkRequest(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, routeMsg(r))
+	return rtnl.Request(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, routeMsg(r))
 }
 
 func delRoute(r kernelRoute) error {
-	return netlinkRequest(unix.RTM_DELROUTE, 0, routeMsg(r))
+	return rtnl.Request(unix.RTM_DELROUTE, 0, routeMsg(r))
 }
 
 // deleteLink removes the interface called name; absent is fine.
@@ -145,64 +138,11 @@ func deleteLink(name string) error {
 	}
 	b := make([]byte, unix.SizeofIfInfomsg)
 	binary.NativeEndian.PutUint32(b[4:8], uint32(ifc.Index))
-	err = netlinkRequest(unix.RTM_DELLINK, 0, b)
+	err = rtnl.Request(unix.RTM_DELLINK, 0, b)
 	if errors.Is(err, unix.ENODEV) {
 		return nil
 	}
 	return err
-}
-
-// netlinkRequest sends one rtnetlink request and waits for its ack.
-func netlinkRequest(typ, flags uint16, body []byte) error {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("open netlink socket: %w", err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("bind netlink socket: %w", err)
-	}
-	// The kernel answers at once; the timeout only guards against a hang.
-	tv := unix.Timeval{Sec: 10}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return fmt.Errorf("set netlink timeout: %w", err)
-	}
-	const seq = 1
-	msg := make([]byte, unix.SizeofNlMsghdr, unix.SizeofNlMsghdr+len(body))
-	msg = append(msg, body...)
-	binary.NativeEndian.PutUint32(msg[0:4], uint32(len(msg)))
-	binary.NativeEndian.PutUint16(msg[4:6], typ)
-	binary.NativeEndian.PutUint16(msg[6:8], flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
-	binary.NativeEndian.PutUint32(msg[8:12], seq)
-	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("send netlink request: %w", err)
-	}
-	buf := make([]byte, 1<<16)
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read netlink reply: %w", err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return fmt.Errorf("parse netlink reply: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != seq || m.Header.Type != unix.NLMSG_ERROR {
-				continue
-			}
-			if len(m.Data) < 4 {
-				return errors.New("short netlink error message")
-			}
-			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-				return unix.Errno(-code)
-			}
-			return nil
-		}
-	}
 }
 
 // defaultRouteMTU is the MTU of the interface the main table's IPv4

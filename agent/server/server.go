@@ -46,6 +46,9 @@ type Config struct {
 	// StreamCreationTimeout bounds how long a SPDY client may take to open
 	// the streams it asked for (default 30s, the kubelet's).
 	StreamCreationTimeout time.Duration
+	// Extra routes ("GET /metrics" and the like) from the agent's other
+	// parts, served beside the kubelet-style ones.
+	Extra map[string]http.Handler
 }
 
 // ImageList is the body of GET /images and of the answer to POST /images.
@@ -107,6 +110,9 @@ func New(cfg Config) http.Handler {
 	mux.Handle("POST /portForward/{namespace}/{pod}/{uid}", pf)
 	mux.Handle("GET /images", s.handle(s.listImages))
 	mux.Handle("POST /images", s.handle(s.importImages))
+	for pattern, h := range cfg.Extra {
+		mux.Handle(pattern, h)
+	}
 	return s.recover(notFoundAsStatus(mux))
 }
 

@@ -33,12 +33,13 @@ const (
 	PodGC            = "podgc"
 	GarbageCollector = "garbagecollector"
 	NodeLifecycle    = "nodelifecycle"
+	MasterEndpoints  = "masterendpoints"
 )
 
 // AllControllers lists every controller in the order the Manager starts them.
 var AllControllers = []string{
 	ReplicaSet, Deployment, Endpoints, Namespace, ServiceAccount,
-	NodeIPAM, PodGC, GarbageCollector, NodeLifecycle,
+	NodeIPAM, PodGC, GarbageCollector, NodeLifecycle, MasterEndpoints,
 }
 
 // Defaults of Config's zero values.
@@ -105,6 +106,11 @@ type Config struct {
 	// NodeUnknownGracePeriod: a node gossip does not know at all is treated
 	// as unreachable once it has been unknown this long (default 40s).
 	NodeUnknownGracePeriod time.Duration
+
+	// Masters lists the API addresses (host:port) of the masters gossip
+	// reports alive: the Endpoints of default/kubernetes. nil disables
+	// that controller.
+	Masters func() []string
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -257,6 +263,11 @@ func (m *Manager) Run(ctx context.Context) error {
 				continue
 			}
 			r = newNodeLifecycleController(b)
+		case MasterEndpoints:
+			if cfg.Masters == nil {
+				continue
+			}
+			r = newMasterEndpointsController(b)
 		}
 		runners = append(runners, r)
 	}

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
@@ -39,6 +41,8 @@ type agentFlags struct {
 	runtime             string
 	backoffInitial      time.Duration
 	backoffMax          time.Duration
+	proxy               bool
+	nodePortAddresses   []string
 }
 
 func (o *agentFlags) register(cmd *cobra.Command) {
@@ -53,6 +57,8 @@ func (o *agentFlags) register(cmd *cobra.Command) {
 	f.StringVar(&o.runtime, "runtime", "containerd", "container runtime: containerd, or fake (no containers: a hollow node for scale tests)")
 	f.DurationVar(&o.backoffInitial, "restart-backoff", 10*time.Second, "first container restart back-off (doubles per crash)")
 	f.DurationVar(&o.backoffMax, "restart-backoff-max", 5*time.Minute, "longest container restart back-off")
+	f.BoolVar(&o.proxy, "proxy", true, "run the Service proxy: ClusterIPs as addresses on lo, NodePorts on --nodeport-addresses")
+	f.StringSliceVar(&o.nodePortAddresses, "nodeport-addresses", nil, "addresses NodePorts listen on (default: the node IP and 127.0.0.1)")
 }
 
 type agentOptions struct {
@@ -155,6 +161,8 @@ type agentSetup struct {
 	nodeIP   string
 	members  func() []cluster.Member
 	servers  []string
+	// registry gets the agent's metrics (the server's, all-in-one).
+	registry *prometheus.Registry
 }
 
 func (o *agentFlags) check() error {
@@ -168,6 +176,9 @@ func (o *agentFlags) check() error {
 		return err
 	}
 	if _, err := parseLabels(o.labels); err != nil {
+		return err
+	}
+	if _, err := parseAddrs("--nodeport-addresses", o.nodePortAddresses); err != nil {
 		return err
 	}
 	switch o.containerdMode {
@@ -189,6 +200,7 @@ func runAgent(ctx context.Context, o *agentFlags, s agentSetup, log *slog.Logger
 	}
 	labels, _ := parseLabels(o.labels)
 	taints, _ := parseTaints(o.taints)
+	nodePortAddrs, _ := parseAddrs("--nodeport-addresses", o.nodePortAddresses)
 	// Absolute: containerd's config, the shims and the CNI plugins run
 	// elsewhere than our working directory (make run uses ./data).
 	dataDir, err := filepath.Abs(s.dataDir)
@@ -230,21 +242,24 @@ func runAgent(ctx context.Context, o *agentFlags, s agentSetup, log *slog.Logger
 		return err
 	}
 	a, err := agent.New(agent.Config{
-		NodeName:       s.nodeName,
-		DataDir:        agentDir,
-		NodeIP:         s.nodeIP,
-		AgentPort:      o.agentPort,
-		Labels:         labels,
-		Taints:         taints,
-		MaxPods:        o.maxPods,
-		Runtime:        rt,
-		Network:        nw,
-		Members:        s.members,
-		Servers:        s.servers,
-		BackoffInitial: o.backoffInitial,
-		BackoffMax:     o.backoffMax,
-		Version:        version.Get().GitVersion,
-		Logger:         log,
+		NodeName:          s.nodeName,
+		DataDir:           agentDir,
+		NodeIP:            s.nodeIP,
+		AgentPort:         o.agentPort,
+		Labels:            labels,
+		Taints:            taints,
+		MaxPods:           o.maxPods,
+		Runtime:           rt,
+		Network:           nw,
+		Members:           s.members,
+		Servers:           s.servers,
+		BackoffInitial:    o.backoffInitial,
+		BackoffMax:        o.backoffMax,
+		Version:           version.Get().GitVersion,
+		Proxy:             o.proxy,
+		NodePortAddresses: nodePortAddrs,
+		Registry:          s.registry,
+		Logger:            log,
 	})
 	if err != nil {
 		return err
@@ -346,6 +361,19 @@ func parseTaints(specs []string) ([]corev1.Taint, error) {
 			return nil, fmt.Errorf("--taints %q: empty key", s)
 		}
 		out = append(out, corev1.Taint{Key: k, Value: v, Effect: corev1.TaintEffect(effect)})
+	}
+	return out, nil
+}
+
+// parseAddrs parses a list of IP addresses given with flag.
+func parseAddrs(flag string, list []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range list {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: not an IP address", flag, s)
+		}
+		out = append(out, a.Unmap())
 	}
 	return out, nil
 }

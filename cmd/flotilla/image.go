@@ -51,7 +51,7 @@ func newImageImportCommand(kubeconfig *string) *cobra.Command {
 				return err
 			}
 			f.Close()
-			cs, err := imageClient(*kubeconfig)
+			cs, err := kubeconfigClient(*kubeconfig, "flotilla-image")
 			if err != nil {
 				return err
 			}
@@ -96,7 +96,7 @@ func newImageListCommand(kubeconfig *string) *cobra.Command {
 		Short:   "List the images of the named node, or of every Ready node",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cs, err := imageClient(*kubeconfig)
+			cs, err := kubeconfigClient(*kubeconfig, "flotilla-image")
 			if err != nil {
 				return err
 			}
@@ -133,9 +133,10 @@ func newImageListCommand(kubeconfig *string) *cobra.Command {
 	return cmd
 }
 
-// imageClient builds a clientset from the kubeconfig as `flotilla kubectl`
-// finds it: --kubeconfig, $KUBECONFIG, the data dirs, then ~/.kube/config.
-func imageClient(kubeconfig string) (kubernetes.Interface, error) {
+// kubeconfigClient builds a clientset from the kubeconfig as `flotilla
+// kubectl` finds it: --kubeconfig, $KUBECONFIG, the data dirs, then
+// ~/.kube/config.
+func kubeconfigClient(kubeconfig, userAgent string) (kubernetes.Interface, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	switch {
 	case kubeconfig != "":
@@ -152,7 +153,7 @@ func imageClient(kubeconfig string) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
-	cfg.UserAgent = "flotilla-image/" + Version
+	cfg.UserAgent = userAgent + "/" + Version
 	return kubernetes.NewForConfig(cfg)
 }
 

@@ -56,6 +56,7 @@ func newRootCommand() *cobra.Command {
 		newKubeconfigCommand(),
 		newAgentCommand(logs),
 		newImageCommand(),
+		newProxyCommand(logs),
 	)
 	return root
 }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"flotilla/agent/gossip"
 	"flotilla/api"
 	"flotilla/cluster"
 	"flotilla/cluster/controllers"
@@ -133,6 +134,7 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 				Client:     cs,
 				Logger:     log.With("component", "controllers"),
 				NodeHealth: health,
+				Masters:    func() []string { return gossip.APIAddrs(health.node.Members()) },
 			}).Run(ctx)
 		}),
 	}
@@ -221,6 +223,7 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 				nodeIP:   nodeIP,
 				members:  node.Members,
 				servers:  []string{localAPI},
+				registry: reg,
 			}, log)
 		}()
 	}

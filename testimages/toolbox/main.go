@@ -22,13 +22,16 @@ import (
 const exitUnknown = 127
 
 const usage = `usage: toolbox COMMAND [ARGS]
-  serve [--port 8080] [--ready=true] [--term-delay D]   HTTP server (/, /healthz, /readyz, /exit, /env, /file, /log)
+  serve [--port 8080] [--udp-port 0] [--ready=true] [--term-delay D]
+                                HTTP server (/, /healthz, /readyz, /exit, /env, /file, /log, /bytes?n=N);
+                                with --udp-port, also a UDP echo answering "hostname=NAME " + each datagram
   exit N                        print "exiting N" and exit with N
   sleep D|infinity [--term-delay D] [--ignore-term]   print "sleeping D", then sleep
   alloc MiB                     allocate and touch MiB of memory, then sleep
   cat [FILE]  echo ARGS...  env  ls DIR  hostname  write FILE CONTENT
   get URL                       HTTP GET, print the body; exit 1 on failure
   tcp ADDR                      connect, print "connected"
+  udp ADDR MSG [--timeout 5s]   send MSG in one datagram, print the reply; exit 1 on timeout
   log N [--interval D]          N numbered lines, alternately to stdout and stderr
   crash-after D                 exit 1 after D
 `
@@ -76,6 +79,8 @@ func run(args []string) int {
 		err = get(args)
 	case "tcp":
 		err = tcp(args)
+	case "udp":
+		err = udpClient(args, os.Stdout)
 	case "log":
 		err = logLines(args)
 	case "crash-after":
@@ -133,6 +138,7 @@ func exitAfter(delay time.Duration) func(os.Signal) {
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	port := fs.Int("port", 8080, "port to listen on")
+	udpPort := fs.Int("udp-port", 0, "UDP echo port (0: none)")
 	readyFlag := fs.Bool("ready", true, "start ready")
 	termDelay := fs.Duration("term-delay", 0, "wait this long after SIGTERM before exiting")
 	if _, err := parse(fs, args); err != nil {
@@ -217,14 +223,51 @@ func serve(args []string) error {
 		}
 		fmt.Fprintf(w, "logged %d lines to each stream\n", n)
 	})
+	mux.HandleFunc("/bytes", serveBytes)
 
 	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", *port))
 	if err != nil {
 		return err
 	}
+	// Both sockets are open before either is announced, so a test that
+	// read "serving on" may use the UDP port too.
+	var pc net.PacketConn
+	if *udpPort != 0 {
+		if pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", *udpPort)); err != nil {
+			return err
+		}
+	}
 	onTerm(exitAfter(*termDelay))
 	fmt.Printf("serving on %s\n", ln.Addr())
+	if pc != nil {
+		fmt.Printf("udp echo on %s\n", pc.LocalAddr())
+		go udpEcho(pc, hostname)
+	}
 	return http.Serve(ln, logRequests(mux))
+}
+
+// bytesChunk is how much /bytes writes at a time: big writes, so a
+// throughput benchmark measures the path, not this server's syscalls.
+const bytesChunk = 1 << 20
+
+// serveBytes streams ?n= bytes (zeros) with a Content-Length, for
+// throughput measurements.
+func serveBytes(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+	if err != nil || n < 0 {
+		http.Error(w, "n must be a non-negative integer", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	buf := make([]byte, min(n, bytesChunk))
+	for n > 0 {
+		k, err := w.Write(buf[:min(n, int64(len(buf)))])
+		if err != nil {
+			return // the client went away
+		}
+		n -= int64(k)
+	}
 }
 
 // statusWriter remembers the status a handler wrote, for the access log.
