@@ -316,7 +316,10 @@ func TestHollowDeployment(t *testing.T) {
 	}
 	victim.Stop()
 	died := time.Now()
-	waitFor(t, 15*time.Second, victim.Name()+" unreachable", func() (bool, string) {
+	// The deadline is for correctness only (how fast is BENCHMARKS.md's
+	// business): under a loaded CI machine with a master just killed,
+	// memberlist's suspicion can take several rounds.
+	waitFor(t, 45*time.Second, victim.Name()+" unreachable", func() (bool, string) {
 		n, err := cs.CoreV1().Nodes().Get(ctx, victim.Name(), metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()

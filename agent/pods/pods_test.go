@@ -213,13 +213,7 @@ func TestReadinessGatesReady(t *testing.T) {
 	if condition(p, corev1.PodReady) == corev1.ConditionTrue {
 		t.Fatalf("ready before the probe passed:\n%s", describeStatus(p))
 	}
-	waitFor(t, 10*time.Second, "server up", func() bool {
-		r, err := http.Get("http://127.0.0.1:8080/")
-		if err == nil {
-			r.Body.Close()
-		}
-		return err == nil
-	})
+	waitServing(t, 8080)
 	httpGetLocal(t, 8080, "/ready/on")
 	h.waitPod(pod.Name, 10*time.Second, "Ready", isRunningReady)
 	httpGetLocal(t, 8080, "/ready/off")
@@ -245,6 +239,9 @@ func TestLivenessRestarts(t *testing.T) {
 	h.create(pod)
 	p := h.waitPod(pod.Name, 30*time.Second, "Running", isRunningReady)
 	firstID := containerStatus(p, "main").ContainerID
+	// Running (and Ready: no readiness probe) comes with the process
+	// start, a moment before it listens.
+	waitServing(t, 8080)
 	httpGetLocal(t, 8080, "/healthz/fail")
 	p = h.waitPod(pod.Name, 30*time.Second, "restarted and ready", func(p *corev1.Pod) bool {
 		cs := containerStatus(p, "main")
@@ -357,4 +354,17 @@ func TestActiveDeadline(t *testing.T) {
 	if cs := containerStatus(p, "main"); cs.State.Terminated == nil {
 		t.Errorf("container still running: %s", describeStatus(p))
 	}
+}
+
+// waitServing waits until the host-network test server answers on port:
+// the container is Running a moment before its process listens.
+func waitServing(t *testing.T, port int) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "server up", func() bool {
+		r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		if err == nil {
+			r.Body.Close()
+		}
+		return err == nil
+	})
 }
