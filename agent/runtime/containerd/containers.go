@@ -316,11 +316,16 @@ func (r *Runtime) StopContainer(ctx context.Context, id string, grace time.Durat
 		return fmt.Errorf("stop container %s: send %s: %w", id, sig, mapErr(err))
 	}
 	var es containerd.ExitStatus
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
+	// SIGKILL went first (no grace): there is nothing to escalate to.
+	var graceC <-chan time.Time
+	if sig != syscall.SIGKILL {
+		timer := time.NewTimer(grace)
+		defer timer.Stop()
+		graceC = timer.C
+	}
 	select {
 	case es = <-exitC:
-	case <-timer.C:
+	case <-graceC:
 		r.log.Info("container outlived its grace period; killing it", "container", id, "grace", grace)
 		r.markKilled(id)
 		if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
@@ -335,6 +340,16 @@ func (r *Runtime) StopContainer(ctx context.Context, id string, grace time.Durat
 		return fmt.Errorf("stop container %s: wait for exit: %w", id, ctx.Err())
 	}
 	if err := es.Error(); err != nil {
+		// The exit event's handler may have recorded the exit and
+		// deleted the task first; the shim then goes away and our wait
+		// ends with its connection. The container stopped all the same.
+		st, serr := task.Status(ctx)
+		switch {
+		case errdefs.IsNotFound(serr):
+			return nil
+		case serr == nil && st.Status == containerd.Stopped:
+			return r.finish(ctx, c, id, st.ExitStatus, st.ExitTime)
+		}
 		return fmt.Errorf("stop container %s: wait for exit: %w", id, mapErr(err))
 	}
 	return r.finish(ctx, c, id, es.ExitCode(), es.ExitTime())
