@@ -17,6 +17,7 @@ TESTFLAGS ?= -race -timeout 25m
 DATA      ?= ./data
 
 .PHONY: all build test test-short run images bench soak lint fuzz clean
+.PHONY: demo demo-down cluster cluster-down
 
 all: build
 
@@ -43,6 +44,24 @@ run: build
 # The test images as OCI archives (no registry needed): bin/toolbox.tar.
 images:
 	$(GO) run ./testimages/mkimage -o bin
+
+# The echo demo (deploy/demo.sh) on the cluster $KUBECONFIG names, else on
+# make run's ($(DATA)/kubeconfig): a Deployment and a NodePort Service, then a
+# few requests through each. demo-down removes it.
+demo: build images
+	DATA=$(DATA) deploy/demo.sh up
+
+demo-down: build
+	DATA=$(DATA) deploy/demo.sh down
+
+# Three masters and two agents on this machine, each in its own network
+# namespace on a private bridge (deploy/cluster.sh; needs root). Data and
+# logs under $(DATA)/cluster.
+cluster: build
+	DATA=$(DATA) deploy/cluster.sh up
+
+cluster-down:
+	DATA=$(DATA) deploy/cluster.sh down
 
 # Benchmarks never run in CI. Results and the command go in BENCHMARKS.md.
 bench: build

@@ -4,11 +4,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -52,6 +56,25 @@ func startFrontend(spec frontendSpec, set BackendSet, opts *dataplaneOptions) (f
 		return nil, fmt.Errorf("netproxy: protocol %q is not proxied", spec.Protocol)
 	}
 }
+
+// listenConfig binds with IP_FREEBIND, so a frontend can listen on its
+// ClusterIP before the address is on lo: the control plane adds the
+// address only once the listener is there, and a connection never finds
+// the address without it (which the kernel would refuse).
+var listenConfig = net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if strings.HasSuffix(network, "6") {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}}
 
 // network is "tcp4"/"udp4" or "tcp6"/"udp6" for addr: a frontend listens
 // in its address's own family only, so an unspecified IPv4 address does

@@ -260,16 +260,9 @@ func (p *Proxy) sync(key types.NamespacedName) error {
 	var errs []error
 	var starting []wanted
 	for k, w := range want {
-		if r, ok := have[k]; ok && w.spec == r.spec {
-			continue
+		if r, ok := have[k]; !ok || w.spec != r.spec {
+			starting = append(starting, w)
 		}
-		// Held before the old frontends let go, so an address that stays
-		// (a port renamed, say) never leaves lo in between.
-		if err := p.holdAddr(w.spec); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		starting = append(starting, w)
 	}
 	for k, r := range have {
 		if w, ok := want[k]; ok && w.spec == r.spec {
@@ -281,13 +274,21 @@ func (p *Proxy) sync(key types.NamespacedName) error {
 			continue
 		}
 		r.fe.Close()
-		p.releaseAddr(r.spec)
+		// Let go of the address once the new frontends hold theirs: one
+		// that stays (a port renamed, say) never leaves lo in between.
+		defer p.releaseAddr(r.spec)
 	}
 	for _, w := range starting {
+		// The listener first (it binds with IP_FREEBIND), then the
+		// address: a ClusterIP is never on lo without its listener.
 		fe, err := startFrontend(w.spec, w.set, p.opts)
 		if err != nil {
-			p.releaseAddr(w.spec)
 			errs = append(errs, fmt.Errorf("listen %s/%s for %s: %w", w.spec.Addr, w.spec.Protocol, w.spec.Service, err))
+			continue
+		}
+		if err := p.holdAddr(w.spec); err != nil {
+			fe.Close()
+			errs = append(errs, err)
 			continue
 		}
 		next[frontendKey{Addr: w.spec.Addr, Protocol: w.spec.Protocol}] = &running{fe: fe, spec: w.spec, set: w.set}

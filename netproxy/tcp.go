@@ -1,6 +1,7 @@
 package netproxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -45,10 +46,11 @@ type tcpConn struct {
 }
 
 func startTCP(spec frontendSpec, p *picker, opts *dataplaneOptions) (*tcpFrontend, error) {
-	ln, err := net.ListenTCP(network("tcp", spec.Addr), net.TCPAddrFromAddrPort(spec.Addr))
+	l, err := listenConfig.Listen(context.Background(), network("tcp", spec.Addr), spec.Addr.String())
 	if err != nil {
 		return nil, err
 	}
+	ln := l.(*net.TCPListener)
 	f := &tcpFrontend{
 		opts:   opts,
 		log:    opts.Logger,

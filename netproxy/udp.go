@@ -1,6 +1,7 @@
 package netproxy
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -49,10 +50,11 @@ type udpFlow struct {
 }
 
 func startUDP(spec frontendSpec, p *picker, opts *dataplaneOptions) (*udpFrontend, error) {
-	conn, err := net.ListenUDP(network("udp", spec.Addr), net.UDPAddrFromAddrPort(spec.Addr))
+	pc, err := listenConfig.ListenPacket(context.Background(), network("udp", spec.Addr), spec.Addr.String())
 	if err != nil {
 		return nil, err
 	}
+	conn := pc.(*net.UDPConn)
 	f := &udpFrontend{
 		opts:   opts,
 		log:    opts.Logger,
