@@ -217,7 +217,6 @@ check_net_free() {
 # missing is made.
 net_up() {
 	if ! has_netns "$SW"; then
-		check_net_free
 		ip netns add "$SW"
 		ip -n "$SW" link add br0 type bridge
 		ip -n "$SW" link set br0 up
@@ -275,7 +274,7 @@ ctrd_sock() {
 # containers_down NAME: after the agent has stopped, end its containers,
 # its containerd and the shims, and unmount what is left under its data dir.
 containers_down() {
-	local n=$1 sock cfg ns t pids shims
+	local n=$1 sock cfg ns t pid pids shims
 	sock=$(ctrd_sock "$n")
 	cfg=$DIR/$n/containerd/config.toml
 	if [[ -n $sock && -S $sock ]] && command -v ctr >/dev/null &&
@@ -444,7 +443,17 @@ wait_for() {
 
 have_leader() { [[ -n $(leader) ]]; }
 have_voters() { [[ $(voters) -ge ${#MASTERS[@]} ]]; }
-have_nodes() { [[ $(ready_nodes) -ge ${#AGENTS[@]} ]]; }
+# have_nodes: every agent runs and its Node is Ready. (A Node's stored
+# status may say Ready before a restarted agent has spoken: the process
+# check keeps a dead agent from passing.)
+have_nodes() {
+	local n
+	for n in "${AGENTS[@]}"; do
+		alive "$(pid_of "$n")" || die "agent $n exited; see $DIR/$n/flotilla.log:
+$(tail -5 "$DIR/$n/flotilla.log")"
+	done
+	[[ $(ready_nodes) -ge ${#AGENTS[@]} ]]
+}
 
 usage_hint() {
 	local kc=$KUBECONFIG_FILE fl=$FLOTILLA
@@ -473,7 +482,7 @@ up() {
 	need_tools
 	setup_paths
 	lock
-	local n running=0 started=0
+	local n running=0
 	for n in $(nodes); do
 		alive "$(pid_of "$n")" && running=$((running + 1))
 	done
@@ -484,6 +493,7 @@ up() {
 		usage_hint
 		return
 	fi
+	has_netns "$SW" || check_net_free
 	say "network: bridge in $SW, $NET.0/24, this shell at $HOSTIP ($HOSTLINK)"
 	net_up
 	for n in "${MASTERS[@]}"; do
@@ -491,7 +501,6 @@ up() {
 			say "$n already running (pid $(pid_of "$n"))"
 		else
 			start_master "$n"
-			started=$((started + 1))
 		fi
 	done
 	write_kubeconfig
@@ -502,7 +511,6 @@ up() {
 			say "$n already running (pid $(pid_of "$n"))"
 		else
 			start_agent "$n"
-			started=$((started + 1))
 		fi
 	done
 	say "waiting for ${#MASTERS[@]} Raft voters and ${#AGENTS[@]} Ready nodes"
@@ -595,7 +603,7 @@ check_clean() {
 	for m in $(mounts_under "$DIR"); do
 		left+=("mount $m")
 	done
-	for p in $(pids_matching "$DIR/"); do
+	for p in $(pids_matching "^[^ ]*(flotilla|containerd)[^ ]* .*$DIR/"); do
 		left+=("process $p: $(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | cut -c1-100)")
 	done
 	if ((${#left[@]})); then

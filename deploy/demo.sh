@@ -15,7 +15,8 @@
 # Environment:
 #   KUBECONFIG      the cluster (default: $DATA/kubeconfig)
 #   DATA            make run's data dir (default: ./data, as in the Makefile)
-#   DEMO_NAMESPACE  namespace of the demo objects (default: default)
+#   DEMO_NAMESPACE  namespace of the demo objects (default: default; made if
+#                   missing, and left in place by down)
 #   DEMO_REQUESTS   requests per path (default: 6)
 #   DEMO_NODE_EXEC  a command prefix that runs a command on a node, used for
 #                   the requests (e.g. "nsenter --net=/run/netns/flc-a1");
@@ -161,6 +162,9 @@ up() {
 	"$FLOTILLA" image import "$ARCHIVE"
 
 	say "creating Deployment and Service echo in namespace $NS"
+	if ! "$FLOTILLA" kubectl get namespace "$NS" >/dev/null 2>&1; then
+		"$FLOTILLA" kubectl create namespace "$NS"
+	fi
 	manifest | k apply -f -
 	say "waiting for the rollout"
 	k rollout status deployment/echo --timeout=180s
