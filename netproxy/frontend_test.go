@@ -951,21 +951,25 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// BenchmarkTCPProxyRoundTrip is a 64-byte echo on one connection, straight
-// to the server and through a frontend.
-func BenchmarkTCPProxyRoundTrip(b *testing.B) {
+// benchPaths starts a TCP server on loopback that runs serve on each
+// connection, and a frontend in front of it; it returns the two ways to
+// reach the server, "direct" and "proxied", for sub-benchmarks.
+func benchPaths(b *testing.B, serve func(net.Conn)) []struct {
+	name string
+	addr netip.AddrPort
+} {
 	ln, err := net.Listen("tcp", "127.0.0.2:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer ln.Close()
+	b.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() { io.Copy(c, c); c.Close() }()
+			go func() { serve(c); c.Close() }()
 		}
 	}()
 	server := ln.Addr().(*net.TCPAddr).AddrPort()
@@ -974,12 +978,17 @@ func BenchmarkTCPProxyRoundTrip(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer fe.Close()
-
-	for _, bc := range []struct {
+	b.Cleanup(fe.Close)
+	return []struct {
 		name string
 		addr netip.AddrPort
-	}{{"direct", server}, {"proxied", fe.(*tcpFrontend).localAddr()}} {
+	}{{"direct", server}, {"proxied", fe.(*tcpFrontend).localAddr()}}
+}
+
+// BenchmarkTCPProxyRoundTrip is a 64-byte echo on one connection, straight
+// to the server and through a frontend.
+func BenchmarkTCPProxyRoundTrip(b *testing.B) {
+	for _, bc := range benchPaths(b, func(c net.Conn) { io.Copy(c, c) }) {
 		b.Run(bc.name, func(b *testing.B) {
 			c, err := net.Dial("tcp", bc.addr.String())
 			if err != nil {
@@ -1003,40 +1012,16 @@ func BenchmarkTCPProxyRoundTrip(b *testing.B) {
 // client, directly and through a frontend: what the proxy's copy costs
 // without pods and bridges in the way.
 func BenchmarkTCPProxyThroughput(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.2:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
 	const chunk = 1 << 20
-	go func() {
-		buf := make([]byte, chunk)
+	out := make([]byte, chunk)
+	paths := benchPaths(b, func(c net.Conn) {
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := c.Write(out); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				for {
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	server := ln.Addr().(*net.TCPAddr).AddrPort()
-	spec := frontendSpec{Service: testSPN, Addr: netip.MustParseAddrPort("127.0.0.1:0"), Protocol: corev1.ProtocolTCP}
-	fe, err := startFrontend(spec, BackendSet{Endpoints: endpoints(server)}, &dataplaneOptions{DrainTimeout: time.Millisecond})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer fe.Close()
-	for _, bc := range []struct {
-		name string
-		addr netip.AddrPort
-	}{{"direct", server}, {"proxied", fe.(*tcpFrontend).localAddr()}} {
+	})
+	for _, bc := range paths {
 		b.Run(bc.name, func(b *testing.B) {
 			c, err := net.Dial("tcp", bc.addr.String())
 			if err != nil {
