@@ -145,6 +145,30 @@ func TestServiceProxy(t *testing.T) {
 		}
 	})
 
+	t.Run("pod egress leaves with the node's address", func(t *testing.T) {
+		// A host outside the cluster: no route to any pod. A pod reaches
+		// it only because the node masquerades its traffic.
+		ext := lab.host("ext")
+		ln, err := ext.listen("tcp", net.JoinHostPort(ext.ip, "8000"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "remote=%s\n", r.RemoteAddr)
+		})}
+		go srv.Serve(ln)
+		defer srv.Close()
+		for _, e := range oneEndpointPerNode(eps) {
+			out, err := kubectl("exec", e.pod, "--", "/toolbox", "get", "http://"+net.JoinHostPort(ext.ip, "8000")+"/")
+			if err != nil {
+				t.Fatalf("%s on %s: GET from outside the cluster: %v: %s", e.pod, e.node, err, out)
+			}
+			if want := "remote=" + hostOf[e.node].ip + ":"; !strings.Contains(out, want) {
+				t.Fatalf("%s on %s: the outside host saw %q, want the node's address (%s)", e.pod, e.node, out, want)
+			}
+		}
+	})
+
 	t.Run("NodePort on each node address", func(t *testing.T) {
 		for _, from := range hosts {
 			for _, to := range []string{h1.ip, h2.ip, "127.0.0.1"} {

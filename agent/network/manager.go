@@ -39,6 +39,10 @@ type Config struct {
 	// MTU of pod interfaces; 0 means the MTU of the node's default-route
 	// interface, or 1500 without one.
 	MTU int
+	// ClusterCIDR is the pod range of the whole cluster (default
+	// DefaultClusterCIDR): pods' traffic to addresses outside it is
+	// masqueraded to the node's address.
+	ClusterCIDR string
 	// Logger; default discards.
 	Logger *slog.Logger
 }
@@ -96,6 +100,11 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if len(cfg.Bridge) > 15 || strings.ContainsAny(cfg.Bridge, "/ \t\n:") {
 		return nil, fmt.Errorf("new pod network manager: bad bridge name %q (at most 15 characters, no '/', ':' or spaces)", cfg.Bridge)
+	}
+	if cfg.ClusterCIDR != "" {
+		if _, _, err := net.ParseCIDR(cfg.ClusterCIDR); err != nil {
+			return nil, fmt.Errorf("new pod network manager: cluster CIDR %q: %w", cfg.ClusterCIDR, err)
+		}
 	}
 	if cfg.MTU != 0 && (cfg.MTU < 576 || cfg.MTU > 65535) {
 		return nil, fmt.Errorf("new pod network manager: MTU %d out of range 576..65535", cfg.MTU)
@@ -226,6 +235,9 @@ func (m *Manager) SetPodCIDR(cidr string) error {
 	}
 	if err := writeFileAtomic(m.confPath, raw, 0o644); err != nil {
 		return fmt.Errorf("write cni conflist: %w", err)
+	}
+	if err := m.ensureMasquerade(ipnet); err != nil {
+		return fmt.Errorf("pod egress masquerade: %w", err)
 	}
 	if changed {
 		// The bridge still carries the old gateway address (and its route);

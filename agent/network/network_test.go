@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -32,6 +33,26 @@ func TestPodNetworking(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, cidr, _ := net.ParseCIDR("10.77.1.0/24")
+	// Egress to outside the cluster's pod range is masqueraded, pod to
+	// pod is not; setting the same CIDR again adds nothing.
+	wantMasq := []string{
+		"-N FLOTILLA-POSTROUTING",
+		"-A FLOTILLA-POSTROUTING -s 10.77.1.0/24 -d 10.244.0.0/16 -j RETURN",
+		"-A FLOTILLA-POSTROUTING -s 10.77.1.0/24 ! -o flotilla0 -j MASQUERADE",
+	}
+	for range 2 {
+		if err := m.ensureMasquerade(cidr); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("iptables", "-w", "-t", "nat", "-S", "FLOTILLA-POSTROUTING").CombinedOutput()
+		if got := strings.Split(strings.TrimSpace(string(out)), "\n"); err != nil || !slices.Equal(got, wantMasq) {
+			t.Fatalf("nat FLOTILLA-POSTROUTING = %q (%v), want %q", got, err, wantMasq)
+		}
+		out, _ = exec.Command("iptables", "-w", "-t", "nat", "-S", "POSTROUTING").CombinedOutput()
+		if n := strings.Count(string(out), "-j FLOTILLA-POSTROUTING"); n != 1 {
+			t.Fatalf("POSTROUTING jumps to FLOTILLA-POSTROUTING %d times:\n%s", n, out)
+		}
+	}
 	ctx := context.Background()
 
 	a := mustSetup(t, m, uidN(1), PortMapping{HostPort: 18080, ContainerPort: 8080})
