@@ -27,6 +27,11 @@ const (
 	// its BootstrapExpect. Bootstrap uses both.
 	MetaNew    = "new"
 	MetaExpect = "expect"
+	// MetaLeaving is "1" in the metadata a member gossips just before it
+	// leaves on purpose. memberlist tells a leave from a death only in
+	// state its event callbacks do not see (the Node they get keeps its
+	// old State), so the member says it itself.
+	MetaLeaving = "leaving"
 
 	RoleServer = "server"
 	RoleAgent  = "agent"
@@ -232,11 +237,19 @@ func (g *gossipState) NotifyUpdate(node *memberlist.Node) { g.update(node, Statu
 
 // NotifyLeave implements memberlist.EventDelegate (dead or left).
 func (g *gossipState) NotifyLeave(node *memberlist.Node) {
-	status := StatusDead
+	g.update(node, LeaveStatus(node))
+}
+
+// LeaveStatus is StatusLeft for a member that announced it was leaving
+// (MetaLeaving), StatusDead for any other that gossip lost.
+func LeaveStatus(node *memberlist.Node) string {
 	if node.State == memberlist.StateLeft {
-		status = StatusLeft
+		return StatusLeft
 	}
-	g.update(node, status)
+	if meta, err := DecodeMeta(node.Meta); err == nil && meta[MetaLeaving] == "1" {
+		return StatusLeft
+	}
+	return StatusDead
 }
 
 // update runs inside memberlist's callbacks, with its lock held: it copies

@@ -18,9 +18,15 @@ func (n *Node) MembershipChanges() <-chan struct{} {
 // MemberAlive reports whether the gossip member called name is alive, and
 // whether gossip knows it at all. Node health travels this way, never as
 // heartbeat writes through Raft.
+//
+// A member that left on purpose counts as not known rather than dead: an
+// agent leaves when it restarts or stops, and its containers go on
+// serving, so its node gets the grace a silent node gets (the node
+// lifecycle controller's NodeUnknownGracePeriod, as a kubelet that stops
+// posting status) instead of being declared unreachable at once.
 func (n *Node) MemberAlive(name string) (alive, known bool) {
 	m, ok := n.gossip.get(name)
-	if !ok {
+	if !ok || m.Status == StatusLeft {
 		return false, false
 	}
 	return m.Status == StatusAlive, true

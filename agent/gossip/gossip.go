@@ -9,6 +9,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,9 +42,10 @@ type Config struct {
 
 // Pool is this agent's place in the gossip pool.
 type Pool struct {
-	ml   *memberlist.Memberlist
-	meta *delegate
-	log  *slog.Logger
+	ml     *memberlist.Memberlist
+	meta   *delegate
+	events *events
+	log    *slog.Logger
 }
 
 // ErrNoMembers means no address given to join answered.
@@ -62,7 +64,7 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	p := &Pool{meta: &delegate{}, log: cfg.Logger.With("component", "gossip")}
+	p := &Pool{meta: &delegate{}, events: &events{members: map[string]cluster.Member{}}, log: cfg.Logger.With("component", "gossip")}
 	if err := p.meta.setMeta(""); err != nil {
 		return nil, err
 	}
@@ -78,6 +80,7 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 		mc.AdvertiseAddr = cfg.Advertise
 	}
 	mc.Delegate = p.meta
+	mc.Events = p.events
 	mc.Logger = cluster.NewStdLogger(p.log.With("component", "memberlist"))
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -120,31 +123,52 @@ func (p *Pool) adoptClusterID() {
 // Addr is this member's gossip address (host:port).
 func (p *Pool) Addr() string { return p.ml.LocalNode().Address() }
 
-// Members lists the pool as memberlist sees it now, sorted by name.
+// Members lists the pool as this member's gossip has seen it, dead and
+// left members included (memberlist's own list holds only the live ones),
+// sorted by name. A suspect member still counts as alive, as the servers
+// count it.
 func (p *Pool) Members() []cluster.Member {
-	nodes := p.ml.Members()
-	out := make([]cluster.Member, 0, len(nodes))
-	for _, n := range nodes {
-		meta, err := cluster.DecodeMeta(n.Meta)
-		if err != nil {
-			continue
-		}
-		// A suspect member still counts as alive, as the servers count it.
-		status := cluster.StatusAlive
-		switch n.State {
-		case memberlist.StateDead:
-			status = cluster.StatusDead
-		case memberlist.StateLeft:
-			status = cluster.StatusLeft
-		}
-		out = append(out, cluster.Member{Name: n.Name, Addr: n.Address(), Status: status, Role: meta[cluster.MetaRole], Meta: meta})
+	p.events.mu.Lock()
+	out := make([]cluster.Member, 0, len(p.events.members))
+	for _, m := range p.events.members {
+		out = append(out, m)
 	}
+	p.events.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
+// events records every member's last known state from memberlist's
+// callbacks, which run with memberlist's lock held: it copies and returns.
+type events struct {
+	mu      sync.Mutex
+	members map[string]cluster.Member
+}
+
+func (e *events) set(n *memberlist.Node, status string) {
+	meta, err := cluster.DecodeMeta(n.Meta)
+	if err != nil {
+		return
+	}
+	m := cluster.Member{Name: n.Name, Addr: n.Address(), Status: status, Role: meta[cluster.MetaRole], Meta: meta}
+	e.mu.Lock()
+	e.members[n.Name] = m
+	e.mu.Unlock()
+}
+
+func (e *events) NotifyJoin(n *memberlist.Node)   { e.set(n, cluster.StatusAlive) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.set(n, cluster.StatusAlive) }
+func (e *events) NotifyLeave(n *memberlist.Node)  { e.set(n, cluster.LeaveStatus(n)) }
+
 // Leave tells the pool this member is going away on purpose, then stops.
+// It first gossips MetaLeaving, so the others record it as left (an agent
+// restarting, its containers serving on) rather than dead.
 func (p *Pool) Leave(timeout time.Duration) {
+	if err := p.meta.setLeaving(); err == nil {
+		if err := p.ml.UpdateNode(timeout / 2); err != nil {
+			p.log.Warn("announce leaving", "err", err)
+		}
+	}
 	if err := p.ml.Leave(timeout); err != nil {
 		p.log.Warn("leave gossip pool", "err", err)
 	}
@@ -177,7 +201,8 @@ func APIAddrs(members []cluster.Member) []string {
 // delegate gives memberlist this member's metadata; the rest of
 // memberlist.Delegate is unused.
 type delegate struct {
-	meta atomic.Pointer[[]byte]
+	meta      atomic.Pointer[[]byte]
+	clusterID string // set before the member joins, then only by adoptClusterID
 }
 
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -196,9 +221,20 @@ func (d *delegate) MergeRemoteState([]byte, bool)   {}
 // setMeta encodes the agent metadata with the cluster ID, "" while unknown
 // (servers accept a member without one).
 func (d *delegate) setMeta(clusterID string) error {
+	d.clusterID = clusterID
+	return d.store(false)
+}
+
+// setLeaving adds MetaLeaving to the metadata.
+func (d *delegate) setLeaving() error { return d.store(true) }
+
+func (d *delegate) store(leaving bool) error {
 	meta := map[string]string{cluster.MetaRole: cluster.RoleAgent}
-	if clusterID != "" {
-		meta[cluster.MetaClusterID] = clusterID
+	if d.clusterID != "" {
+		meta[cluster.MetaClusterID] = d.clusterID
+	}
+	if leaving {
+		meta[cluster.MetaLeaving] = "1"
 	}
 	buf, err := cluster.EncodeMeta(meta)
 	if err != nil {

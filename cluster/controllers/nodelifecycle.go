@@ -24,8 +24,10 @@ import (
 // role=agent under their node name).
 type NodeHealth interface {
 	// Alive reports whether gossip sees the agent of nodeName alive, and
-	// whether gossip knows that member at all. A dead or left member is
-	// (false, true); a name gossip has never heard of is (false, false).
+	// whether gossip knows that member at all. A dead member is
+	// (false, true); a name gossip has never heard of, or a member that
+	// left on purpose (an agent restarting), is (false, false) and gets
+	// NodeUnknownGracePeriod.
 	Alive(nodeName string) (alive, known bool)
 	// Changes delivers a value whenever some member's status may have
 	// changed. Sends must not block (a buffer of one is enough): the
