@@ -333,9 +333,17 @@ func TestSnapshotInstall(t *testing.T) {
 
 	leader := c.Leader()
 	writeMany(t, leader.Node, 0, 200)
+	// Both live servers, not only this leader: on a loaded machine the
+	// other may take over before the follower returns, and it must not
+	// still hold the log the follower needs.
 	waitFor(t, func() bool {
-		return parseUint(leader.Node.Stats()["last_snapshot_index"]) > lastIndex+64
-	}, "the leader to snapshot past the follower")
+		for _, r := range c.Running() {
+			if parseUint(r.Node.Stats()["last_snapshot_index"]) <= lastIndex+64 {
+				return false
+			}
+		}
+		return true
+	}, "the live servers to snapshot past the follower")
 
 	s := c.Restart(f.Index)
 	waitFor(t, func() bool { kv, _ := s.Node.Store().Get(key(199)); return kv != nil }, "the restarted follower to catch up")

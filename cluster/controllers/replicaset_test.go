@@ -264,10 +264,20 @@ func TestReplicaSetStatusMinReadySeconds(t *testing.T) {
 	for _, p := range e.pods("default", "app=web") {
 		setPodReady(t, e.client, "default", p.Name, true)
 	}
-	start := time.Now()
+	// Availability counts from the Ready condition's transition time,
+	// which the API keeps in whole seconds: the earliest moment both may
+	// be available is the later transition plus minReadySeconds.
+	var readySince time.Time
+	for _, p := range e.pods("default", "app=web") {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.LastTransitionTime.After(readySince) {
+				readySince = c.LastTransitionTime.Time
+			}
+		}
+	}
 	got := e.waitRSStatus("default", "web", "2 ready", func(rs *appsv1.ReplicaSet) bool { return rs.Status.ReadyReplicas == 2 })
-	if got.Status.AvailableReplicas == 2 && time.Since(start) < 500*time.Millisecond {
-		t.Errorf("available before minReadySeconds: %+v", got.Status)
+	if got.Status.AvailableReplicas == 2 && time.Now().Before(readySince.Add(time.Second)) {
+		t.Errorf("available before minReadySeconds (ready since %v): %+v", readySince, got.Status)
 	}
 	e.waitRSStatus("default", "web", "2 available", settled(2))
 
