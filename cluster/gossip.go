@@ -417,6 +417,47 @@ func (n *Node) conflictError(c clusterConflict) error {
 		ErrClusterIDMismatch, c.ours, n.cfg.DataDir, c.name, c.addr, c.theirs)
 }
 
+// ReconnectInterval is how often a member tries to reach the members
+// gossip declared dead (production timing; tests use a tenth of it).
+const ReconnectInterval = 10 * time.Second
+
+// runReconnect tries, every ReconnectInterval, to join each member gossip
+// declared dead. memberlist stops talking to a dead member shortly after
+// declaring it (GossipToTheDeadTime), so after a partition longer than
+// that the two sides would never hear of each other again, and a healthy
+// master would stay dead in the others' view until dead-server cleanup
+// removed it from Raft. A join (a push/pull with that address) lets a
+// member that is back refute its death. Members that left on purpose are
+// not called back.
+func (n *Node) runReconnect() {
+	defer n.wg.Done()
+	every := ReconnectInterval
+	if n.cfg.Timing.GossipProfile == "local" {
+		every /= 10
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ml := n.ml.Load()
+		if ml == nil || n.closing.Load() {
+			continue
+		}
+		for _, m := range n.gossip.list("") {
+			if m.Status != StatusDead || m.Name == n.cfg.Name {
+				continue
+			}
+			if _, err := ml.Join([]string{m.Addr}); err == nil {
+				n.log.Info("reconnected to a member gossip had declared dead", "member", m.Name, "addr", m.Addr)
+			}
+		}
+	}
+}
+
 // joinAddrs is cfg.Join plus the remembered server peers (peersfile.go),
 // without this node's own gossip address.
 func (n *Node) joinAddrs() []string {

@@ -244,11 +244,12 @@ func (n *Node) Start(ctx context.Context) error {
 	})
 	r.RegisterObserver(n.observer)
 
-	n.wg.Add(4)
+	n.wg.Add(5)
 	go n.rememberPeers(n.MembershipChanges())
 	go n.watchLeader(obsCh)
 	go n.runLeadership()
 	go n.runMaintenance()
+	go n.runReconnect()
 	if !n.hadState && n.cfg.BootstrapExpect > 0 {
 		n.wg.Add(1)
 		go n.runBootstrap()

@@ -45,7 +45,10 @@ type Pool struct {
 	ml     *memberlist.Memberlist
 	meta   *delegate
 	events *events
-	log    *slog.Logger
+	// stop ends the reconnect loop; done closes when it has.
+	stop, done chan struct{}
+	stopOnce   sync.Once
+	log        *slog.Logger
 }
 
 // ErrNoMembers means no address given to join answered.
@@ -104,7 +107,57 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 	}
 	p.adoptClusterID()
 	p.log.Info("joined gossip pool", "addr", p.Addr(), "members", ml.NumMembers())
+	every := cluster.ReconnectInterval
+	if cfg.Timing == "local" {
+		every /= 10
+	}
+	p.stop = make(chan struct{})
+	p.done = make(chan struct{})
+	go p.reconnect(cfg.Join, every)
 	return p, nil
+}
+
+func (p *Pool) stopReconnect() {
+	p.stopOnce.Do(func() {
+		close(p.stop)
+		<-p.done
+	})
+}
+
+// reconnect calls back, every interval, the members gossip declared dead,
+// and the --join addresses while no live server is known: after every
+// master restarted (or a partition longer than memberlist keeps talking to
+// the dead), nothing else would bring the agent and the masters together
+// again.
+func (p *Pool) reconnect(join []string, every time.Duration) {
+	defer close(p.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		var addrs []string
+		server := false
+		for _, m := range p.Members() {
+			switch {
+			case m.Status == cluster.StatusDead:
+				addrs = append(addrs, m.Addr)
+			case m.Status == cluster.StatusAlive && m.Role == cluster.RoleServer:
+				server = true
+			}
+		}
+		if !server {
+			addrs = append(addrs, join...)
+		}
+		for _, a := range addrs {
+			if _, err := p.ml.Join([]string{a}); err == nil {
+				p.log.Info("reconnected to the gossip pool", "addr", a)
+			}
+		}
+	}
 }
 
 // adoptClusterID advertises the cluster's ID once a server told us: a member
@@ -164,6 +217,7 @@ func (e *events) NotifyLeave(n *memberlist.Node)  { e.set(n, cluster.LeaveStatus
 // It first gossips MetaLeaving, so the others record it as left (an agent
 // restarting, its containers serving on) rather than dead.
 func (p *Pool) Leave(timeout time.Duration) {
+	p.stopReconnect() // or it could join again while leaving
 	if err := p.meta.setLeaving(); err == nil {
 		if err := p.ml.UpdateNode(timeout / 2); err != nil {
 			p.log.Warn("announce leaving", "err", err)
@@ -178,6 +232,7 @@ func (p *Pool) Leave(timeout time.Duration) {
 // Shutdown stops gossiping without leaving: the pool sees this member fail,
 // as it would a node that lost power.
 func (p *Pool) Shutdown() {
+	p.stopReconnect()
 	if err := p.ml.Shutdown(); err != nil {
 		p.log.Warn("shut down gossip", "err", err)
 	}
