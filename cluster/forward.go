@@ -171,17 +171,78 @@ func applyResult(f raft.ApplyFuture) (*fsm.TxnResult, error) {
 	}
 }
 
-// forwardApply sends an encoded transaction to the leader. A failure before
-// the request was fully written is retryable; after it the outcome is unknown.
+// errLeaderChanged is the cause with which forwardApply stops a forward
+// whose target is no longer the leader this node sees.
+var errLeaderChanged = errors.New("leader changed while the forwarded write was in flight")
+
+// leaderPollInterval is how often a forward in flight rechecks the leader's
+// API address, which comes from gossip and has no notification.
+const leaderPollInterval = 100 * time.Millisecond
+
+// forwardApply sends an encoded transaction to the leader at addr. A
+// failure before the request was fully written is retryable; after it the
+// outcome is unknown.
+//
+// A leader cut off by a partition never answers, so the forward stops once
+// this node sees another leader (or none), and in any case after
+// forwardTimeout. Unsent, it is retried on the next leader by withLeader;
+// sent, it is not: the old leader may have appended the entry and a
+// follower that has it may win the election and commit it, and Apply
+// takes unconditional transactions, which a retry would apply twice (and a
+// compare-and-swap one would fail its compare against its own first
+// attempt, misreporting a success as a conflict).
 func (n *Node) forwardApply(ctx context.Context, addr string, buf []byte) (*fsm.TxnResult, error) {
 	start := time.Now()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timeout := n.forwardTimeout()
+	ctx, cancelTimeout := context.WithTimeoutCause(ctx, timeout,
+		fmt.Errorf("%w: no answer from the leader within %s", context.DeadlineExceeded, timeout))
+	defer cancelTimeout()
+	go n.cancelOnLeaderChange(ctx, addr, cancel)
+
 	var res fsm.TxnResult
 	err := n.call(ctx, http.MethodPost, addr, "/internal/v1/apply", bytes.NewReader(buf), &res, true)
+	if err != nil && !errors.Is(err, ErrOutcomeUnknown) && errors.Is(err, errLeaderChanged) {
+		err = &errRetry{fmt.Errorf("%w: %w", ErrNotLeader, err)}
+	}
 	n.metrics.observeForward(time.Since(start), err)
 	if err != nil {
 		return nil, err
 	}
 	return &res, nil
+}
+
+// forwardTimeout bounds waiting for the leader's answer to a forwarded
+// write. The leader waits up to ApplyTimeout to enqueue the entry, then
+// for the commit, which fails by itself within a lease timeout if it loses
+// its quorum; leaderWait on top covers a slow commit under load. Past that
+// the leader is unreachable, not slow.
+func (n *Node) forwardTimeout() time.Duration {
+	return n.cfg.Timing.ApplyTimeout + n.cfg.Timing.leaderWait()
+}
+
+// cancelOnLeaderChange cancels a forward to addr with errLeaderChanged once
+// the leader this node sees is no longer at addr; it returns when ctx ends.
+func (n *Node) cancelOnLeaderChange(ctx context.Context, addr string, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(leaderPollInterval)
+	defer t.Stop()
+	for {
+		changed := n.leaderChangedCh()
+		if id, cur := n.Leader(); cur != addr {
+			if id == "" {
+				id = "none"
+			}
+			cancel(fmt.Errorf("%w (now: %s)", errLeaderChanged, id))
+			return
+		}
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // call makes one request to another master's endpoint and decodes a JSON
@@ -206,11 +267,15 @@ func (n *Node) call(ctx context.Context, method, addr, path string, body io.Read
 	}
 	resp, err := n.http.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Why the request was stopped says more than "context canceled".
+			err = context.Cause(ctx)
+		}
 		switch {
 		case write && sent.Load():
 			return fmt.Errorf("%w: %s %s: %w", ErrOutcomeUnknown, method, url, err)
 		case ctx.Err() != nil:
-			return fmt.Errorf("%s %s: %w", method, url, ctx.Err())
+			return fmt.Errorf("%s %s: %w", method, url, err)
 		default:
 			return &errRetry{fmt.Errorf("%s %s: %w", method, url, err)}
 		}

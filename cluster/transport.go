@@ -77,12 +77,43 @@ func newTransport(cfg Config, logger hclog.Logger) (*raft.NetworkTransport, *str
 	return trans, stream, nil
 }
 
+// Forwarding connections: a leader cut off by a partition drops packets
+// instead of refusing them, so without these bounds a dial waits for the
+// kernel (minutes) and a pooled connection to it is never found dead.
+const (
+	// forwardDialTimeout bounds connecting to another master (including a
+	// TLS handshake done by Network).
+	forwardDialTimeout = 2 * time.Second
+	// forwardKeepAlive is the idle time before TCP keep-alive probes and the
+	// interval between them; three unanswered probes close the connection.
+	forwardKeepAlive = 5 * time.Second
+)
+
 // newHTTPClient is the client for the other masters' internal endpoints:
 // one shared transport, so forwarded writes reuse kept-alive connections,
-// dialling through Network.
+// dialling through Network. It sets no overall response timeout: a
+// snapshot restore may legitimately take long; forwardApply bounds writes.
 func newHTTPClient(network Network) *http.Client {
+	dial := func(ctx context.Context, nw, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
+		defer cancel()
+		c, err := network.DialContext(ctx, nw, addr)
+		if err != nil {
+			return nil, err
+		}
+		// Only a bare TCP connection has the knob; a Network that wraps
+		// connections keeps its own settings.
+		if kc, ok := c.(interface {
+			SetKeepAliveConfig(net.KeepAliveConfig) error
+		}); ok {
+			_ = kc.SetKeepAliveConfig(net.KeepAliveConfig{
+				Enable: true, Idle: forwardKeepAlive, Interval: forwardKeepAlive, Count: 3,
+			})
+		}
+		return c, nil
+	}
 	return &http.Client{Transport: &http.Transport{
-		DialContext:         network.DialContext,
+		DialContext:         dial,
 		MaxIdleConns:        256,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
