@@ -2,9 +2,11 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -529,6 +531,85 @@ func TestHACluster(t *testing.T) {
 		t.Logf("%s back among three voters %v after its restart", old, time.Since(back).Round(time.Millisecond))
 		// And it has caught up: it serves every acknowledged write.
 		checkAcked(leader, clients[slices.Index(masters, leader)])
+	})
+
+	step("8 whole cluster restarted", func(t *testing.T) {
+		before := liveEchoPods(t, ctx, cs)
+		tasksBefore := map[string]map[string]string{}
+		for _, a := range agents {
+			tasksBefore[a.name] = waitTasksMatch(t, containerd, a, podsOn(t, ctx, cs, a.name))
+		}
+		stopped := time.Now()
+		for _, m := range masters {
+			m.stop()
+		}
+		t.Logf("three masters stopped in %v", time.Since(stopped).Round(time.Millisecond))
+		started := time.Now()
+		for _, m := range masters {
+			m.start()
+		}
+		waitFor(t, 60*time.Second, "a leader and three voters again", func() (bool, string) {
+			peers, err := raftPeers(ctx, admin, masters[0])
+			if err != nil {
+				return false, err.Error()
+			}
+			_, problem := raftSettled(peers, 3)
+			return problem == "", problem
+		})
+		t.Logf("leader and three voters %v after the start", time.Since(started).Round(time.Millisecond))
+		// The agents find the restarted masters on their own (they call
+		// the join addresses back while no master is alive): the masters'
+		// gossip sees them alive, which the stored Ready alone would not
+		// prove.
+		hc := &http.Client{Transport: &http.Transport{DialContext: admin.dial}, Timeout: 5 * time.Second}
+		waitFor(t, 90*time.Second, "both agents alive in the masters' gossip", func() (bool, string) {
+			resp, err := hc.Get("http://" + masters[0].apiAddr() + "/flotilla/v1/operator/members")
+			if err != nil {
+				return false, err.Error()
+			}
+			defer resp.Body.Close()
+			var ms []cluster.Member
+			if err := json.NewDecoder(resp.Body).Decode(&ms); err != nil {
+				return false, err.Error()
+			}
+			alive := 0
+			for _, m := range ms {
+				if (m.Name == "n1" || m.Name == "n2") && m.Status == cluster.StatusAlive {
+					alive++
+				}
+			}
+			return alive == 2, fmt.Sprintf("%+v", ms)
+		})
+		t.Logf("both agents back in gossip %v after the start", time.Since(started).Round(time.Millisecond))
+		// Every object kept, every container adopted rather than restarted.
+		after := liveEchoPods(t, ctx, cs)
+		if len(after) != len(before) {
+			t.Fatalf("%d echo pods before the restart, %d after", len(before), len(after))
+		}
+		for i := range before {
+			b, c := before[i], after[i]
+			bs, as := b.Status.ContainerStatuses[0], c.Status.ContainerStatuses[0]
+			if b.UID != c.UID || bs.ContainerID != as.ContainerID || bs.RestartCount != as.RestartCount {
+				t.Fatalf("pod %s (%s, %s, %d restarts) became %s (%s, %s, %d restarts)",
+					b.Name, b.UID, bs.ContainerID, bs.RestartCount, c.Name, c.UID, as.ContainerID, as.RestartCount)
+			}
+		}
+		for _, a := range agents {
+			if got := waitTasksMatch(t, containerd, a, podsOn(t, ctx, cs, a.name)); !maps.Equal(got, tasksBefore[a.name]) {
+				t.Fatalf("%s's tasks (id → pid) before %v, after %v", a.name, tasksBefore[a.name], got)
+			}
+		}
+		// And the cluster works: a scale-up runs new pods.
+		scale(t, ctx, cs, "echo", len(before)+1)
+		waitFor(t, 90*time.Second, fmt.Sprintf("%d echo pods ready", len(before)+1), func() (bool, string) {
+			n := 0
+			for _, p := range liveEchoPods(t, ctx, cs) {
+				if podIsReady(&p) {
+					n++
+				}
+			}
+			return n == len(before)+1, fmt.Sprint(n, " ready")
+		})
 	})
 
 	step("cleanup", func(t *testing.T) {
