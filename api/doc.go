@@ -67,6 +67,8 @@
 // waits for), periodic BOOKMARKs carrying the last revision delivered, and an
 // ERROR event with a 410 Expired Status when the revision is older than the
 // history or the store drops the watcher (too slow, restored snapshot).
+// Server.CloseWatches (on shutdown) ends every stream cleanly and answers
+// later watches 503, so clients re-watch on another master.
 //
 // Deletion: propagationPolicy Orphan/Foreground add the orphan and
 // foregroundDeletion finalizers (the garbage collector removes them); an

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -98,6 +99,10 @@ type Server struct {
 	roSem   chan struct{}
 	alloc   *allocator
 	openapi *openapi.Docs
+	// watchesClosed is closed by CloseWatches; every watch handler selects
+	// on it, so shutdown need not wait out MaxWatchTimeout.
+	watchesClosed chan struct{}
+	closeOnce     sync.Once
 }
 
 // New builds a Server. It does not listen; serve Handler().
@@ -161,6 +166,8 @@ func New(cfg Config) (*Server, error) {
 		reg:    newRegistry(resources()),
 		mutSem: make(chan struct{}, cfg.MaxMutatingInFlight),
 		roSem:  make(chan struct{}, cfg.MaxReadOnlyInFlight),
+
+		watchesClosed: make(chan struct{}),
 	}
 	s.alloc = newAllocator(cfg.ServiceCIDR, cfg.NodePortMin, cfg.NodePortMax)
 	reg := cfg.Registerer
@@ -191,6 +198,15 @@ func New(cfg Config) (*Server, error) {
 
 // Handler is the whole API: resources, discovery, health and metrics.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// CloseWatches ends every open watch stream cleanly (the client sees the
+// stream end and re-watches, as when kube-apiserver shuts down) and refuses
+// later watches with 503. Other requests are untouched, so
+// http.Server.Shutdown can let them finish: register it with
+// RegisterOnShutdown. It is safe to call more than once.
+func (s *Server) CloseWatches() {
+	s.closeOnce.Do(func() { close(s.watchesClosed) })
+}
 
 // Router is the route table; callers may add routes before serving.
 func (s *Server) Router() *mux.Router { return s.router }

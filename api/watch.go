@@ -94,6 +94,11 @@ func acceptsJSON(r *http.Request) bool {
 // end). Selectors apply to old and new state, so an object that stops
 // matching is sent as DELETED and one that starts matching as ADDED.
 func (q *request) watch() error {
+	select {
+	case <-q.s.watchesClosed:
+		return errStatus(statusOf(apierrors.NewServiceUnavailable("the server is shutting down"), retryAfterSeconds))
+	default:
+	}
 	opts, err := q.listOptions()
 	if err != nil {
 		return err
@@ -200,6 +205,8 @@ func (q *request) watch() error {
 	for {
 		select {
 		case <-q.ctx.Done():
+			return nil
+		case <-q.s.watchesClosed:
 			return nil
 		case <-timer.C:
 			return nil

@@ -189,6 +189,9 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	// Shutdown waits for handlers, and a watch would otherwise hold it for
+	// its whole timeout: end the streams so clients re-watch elsewhere.
+	srv.RegisterOnShutdown(apiServer.CloseWatches)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
