@@ -243,6 +243,26 @@ func sweepStalePodNetns() {
 	}
 }
 
+// sweepStaleDataDisks unmounts the small tmpfs data disks (the disk-full
+// scenario's) that a run killed mid-test left under the temp dir. A plain
+// unmount, not a detach: one a live server of a concurrent run still has
+// open is busy and stays.
+func sweepStaleDataDisks() {
+	prefix := filepath.Join(os.TempDir(), "TestHAMastersDiskFull")
+	for _, m := range mountPoints() {
+		if !strings.HasPrefix(m, prefix) {
+			continue
+		}
+		if err := unix.Unmount(m, 0); err != nil {
+			if !errors.Is(err, unix.EBUSY) {
+				fmt.Fprintf(os.Stderr, "integration: sweep stale mount %s: %v\n", m, err)
+			}
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "integration: unmounted stale mount %s\n", m)
+	}
+}
+
 // sweepStaleLabs removes what an earlier crashed run left: lab namespaces
 // whose owner no longer holds the lab lock (processes in them are killed
 // first), and containerd directories nobody owns (see
@@ -285,6 +305,7 @@ func sweepStaleLabs() {
 	}
 	sweepStaleContainerd()
 	sweepStalePodNetns()
+	sweepStaleDataDisks()
 }
 
 // cmd returns, unstarted, a command that runs inside h's network namespace
