@@ -117,17 +117,7 @@ func (ml *masterLab) startAll() {
 // peers is `flotilla operator raft list-peers -o json` against master i,
 // run in the client host (lab addresses are not reachable from outside).
 func (ml *masterLab) peers(i int) ([]cluster.Peer, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := ml.client.flotilla(ctx, "operator", "raft", "list-peers", "-o", "json", "--server", ml.masters[i].apiAddr())
-	if err != nil {
-		return nil, err
-	}
-	var peers []cluster.Peer
-	if err := json.Unmarshal([]byte(out), &peers); err != nil {
-		return nil, fmt.Errorf("decode list-peers: %v: %s", err, out)
-	}
-	return peers, nil
+	return listPeersIn(ml.client, ml.masters[i], 10*time.Second)
 }
 
 // operator runs `flotilla operator ARGS --server <master i>` in the client

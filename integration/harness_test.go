@@ -156,10 +156,21 @@ func flotilla(ctx context.Context, args ...string) (string, error) {
 }
 
 // listPeers asks one server for the Raft peers.
-func listPeers(s *server) ([]cluster.Peer, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+func listPeers(s *server) ([]cluster.Peer, error) { return listPeersIn(nil, s, 3*time.Second) }
+
+// listPeersIn is listPeers run inside test host h (nil: this namespace),
+// for servers only a lab host can reach.
+func listPeersIn(h *testHost, s *server, timeout time.Duration) ([]cluster.Peer, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	out, err := flotilla(ctx, "operator", "raft", "list-peers", "-o", "json", "--server", s.apiAddr())
+	args := []string{"operator", "raft", "list-peers", "-o", "json", "--server", s.apiAddr()}
+	var out string
+	var err error
+	if h == nil {
+		out, err = flotilla(ctx, args...)
+	} else {
+		out, err = h.flotilla(ctx, args...)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%v: %s", err, strings.TrimSpace(out))
 	}
