@@ -72,6 +72,7 @@ bench: build
 # Slow repetitions of the fault tests.
 soak: build
 	FLOTILLA_SOAK=1 $(GO) test -run 'Linearizab|Failover|Soak' -timeout 120m ./cluster/... ./integration/...
+	$(GO) test -race -count 5 -run 'TestHA|TestServiceProxy' -timeout 120m ./integration/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeTxn -fuzztime 60s ./fsm/
