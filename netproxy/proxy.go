@@ -79,6 +79,7 @@ type Proxy struct {
 	addrRefs  map[netip.Addr]int // ClusterIPs on the interface, by frontends using them
 	changedAt map[types.NamespacedName]time.Time
 	warned    map[types.NamespacedName]bool
+	endpoints int // distinct endpoints summed over services, for the gauge
 }
 
 // running is a frontend and what it was started for.
@@ -255,6 +256,7 @@ func (p *Proxy) sync(key types.NamespacedName) error {
 
 	p.mu.Lock()
 	have := p.services[key]
+	before := distinctEndpoints(have) // the sets change in place below
 	p.mu.Unlock()
 	next := make(map[frontendKey]*running, len(want))
 	var errs []error
@@ -310,7 +312,11 @@ func (p *Proxy) sync(key types.NamespacedName) error {
 	} else {
 		p.services[key] = next
 	}
-	services, endpoints := p.countLocked()
+	// The endpoint total moves by this Service's change only: recounting
+	// every Service on each sync would make a start with many Services
+	// quadratic.
+	p.endpoints += distinctEndpoints(next) - before
+	services, endpoints := len(p.services), p.endpoints
 	p.mu.Unlock()
 	p.metrics.SetCounts(services, endpoints)
 	if err := errors.Join(errs...); err != nil {
@@ -332,19 +338,15 @@ func (p *Proxy) sync(key types.NamespacedName) error {
 	return nil
 }
 
-// countLocked counts Services with a frontend and the distinct endpoints
-// they use.
-func (p *Proxy) countLocked() (services, endpoints int) {
-	for _, fes := range p.services {
-		seen := map[netip.AddrPort]bool{}
-		for _, r := range fes {
-			for _, e := range r.set.Endpoints {
-				seen[e.Addr] = true
-			}
+// distinctEndpoints counts the endpoints one Service's frontends use.
+func distinctEndpoints(fes map[frontendKey]*running) int {
+	seen := map[netip.AddrPort]bool{}
+	for _, r := range fes {
+		for _, e := range r.set.Endpoints {
+			seen[e.Addr] = true
 		}
-		endpoints += len(seen)
 	}
-	return len(p.services), endpoints
+	return len(seen)
 }
 
 func (p *Proxy) warnSkipped(key types.NamespacedName, ports []string) {
@@ -424,6 +426,7 @@ func (p *Proxy) shutdown() {
 	p.mu.Lock()
 	services := p.services
 	p.services = map[types.NamespacedName]map[frontendKey]*running{}
+	p.endpoints = 0
 	p.mu.Unlock()
 	for _, fes := range services {
 		for _, r := range fes {

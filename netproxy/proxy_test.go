@@ -199,6 +199,11 @@ func TestProxyFollowsServicesAndEndpoints(t *testing.T) {
 		got, err := answersFrom("10.96.0.50:80", 4)
 		return err == nil && slices.Equal(got, []string{"b"}), strings.Join(got, ",") + errString(err)
 	})
+	// The gauges: web and the default kubernetes Service (which has no
+	// Endpoints here), one endpoint left in all.
+	if s, e := gaugeValue(t, reg, "flotilla_netproxy_services"), gaugeValue(t, reg, "flotilla_netproxy_endpoints"); s != 2 || e != 1 {
+		t.Errorf("services %v, endpoints %v; want 2 and 1", s, e)
+	}
 
 	// externalTrafficPolicy Local: this is node-a and b is on node-b, so
 	// the NodePort refuses while the ClusterIP still answers.
@@ -245,6 +250,22 @@ func TestProxyFollowsServicesAndEndpoints(t *testing.T) {
 			t.Errorf("ClusterIP %v left on lo after the proxy stopped", a)
 		}
 	}
+}
+
+// gaugeValue reads an unlabelled gauge from reg.
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
 }
 
 func errString(err error) string {
