@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"sort"
@@ -418,44 +419,55 @@ func (n *Node) conflictError(c clusterConflict) error {
 }
 
 // ReconnectInterval is how often a member tries to reach the members
-// gossip declared dead (production timing; tests use a tenth of it).
+// gossip declared dead (production timing; "local" timing uses a tenth).
 const ReconnectInterval = 10 * time.Second
 
-// runReconnect tries, every ReconnectInterval, to join each member gossip
-// declared dead. memberlist stops talking to a dead member shortly after
-// declaring it (GossipToTheDeadTime), so after a partition longer than
-// that the two sides would never hear of each other again, and a healthy
-// master would stay dead in the others' view until dead-server cleanup
-// removed it from Raft. A join (a push/pull with that address) lets a
-// member that is back refute its death. Members that left on purpose are
-// not called back.
-func (n *Node) runReconnect() {
-	defer n.wg.Done()
+// Reconnect joins, every interval until stop closes, each address addrs
+// returns: the members gossip declared dead, and whatever else the caller
+// needs to reach again. memberlist stops talking to a dead member shortly
+// after declaring it (GossipToTheDeadTime), so after a partition longer
+// than that the two sides would never hear of each other again; a join (a
+// push/pull with that address) lets a member that is back refute its
+// death. Servers and agents both run it.
+func Reconnect(stop <-chan struct{}, ml *memberlist.Memberlist, timing string, addrs func() []string, log *slog.Logger) {
 	every := ReconnectInterval
-	if n.cfg.Timing.GossipProfile == "local" {
+	if timing == "local" {
 		every /= 10
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
-		case <-n.ctx.Done():
+		case <-stop:
 			return
 		case <-t.C:
 		}
-		ml := n.ml.Load()
-		if ml == nil || n.closing.Load() {
-			continue
-		}
-		for _, m := range n.gossip.list("") {
-			if m.Status != StatusDead || m.Name == n.cfg.Name {
-				continue
-			}
-			if _, err := ml.Join([]string{m.Addr}); err == nil {
-				n.log.Info("reconnected to a member gossip had declared dead", "member", m.Name, "addr", m.Addr)
+		for _, a := range addrs() {
+			if _, err := ml.Join([]string{a}); err == nil {
+				log.Info("reconnected to a gossip member", "addr", a)
 			}
 		}
 	}
+}
+
+// runReconnect is Reconnect for the members this server saw die (not
+// those that left on purpose): a healthy master that was cut off for a
+// while must not stay dead in the others' view until dead-server cleanup
+// removes it from Raft.
+func (n *Node) runReconnect() {
+	defer n.wg.Done()
+	Reconnect(n.ctx.Done(), n.ml.Load(), n.cfg.Timing.GossipProfile, func() []string {
+		if n.closing.Load() {
+			return nil
+		}
+		var out []string
+		for _, m := range n.gossip.list("") {
+			if m.Status == StatusDead && m.Name != n.cfg.Name {
+				out = append(out, m.Addr)
+			}
+		}
+		return out
+	}, n.log)
 }
 
 // joinAddrs is cfg.Join plus the remembered server peers (peersfile.go),

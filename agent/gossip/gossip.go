@@ -107,13 +107,12 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 	}
 	p.adoptClusterID()
 	p.log.Info("joined gossip pool", "addr", p.Addr(), "members", ml.NumMembers())
-	every := cluster.ReconnectInterval
-	if cfg.Timing == "local" {
-		every /= 10
-	}
 	p.stop = make(chan struct{})
 	p.done = make(chan struct{})
-	go p.reconnect(cfg.Join, every)
+	go func() {
+		defer close(p.done)
+		cluster.Reconnect(p.stop, ml, cfg.Timing, func() []string { return p.reconnectAddrs(cfg.Join) }, p.log)
+	}()
 	return p, nil
 }
 
@@ -124,40 +123,25 @@ func (p *Pool) stopReconnect() {
 	})
 }
 
-// reconnect calls back, every interval, the members gossip declared dead,
-// and the --join addresses while no live server is known: after every
-// master restarted (or a partition longer than memberlist keeps talking to
-// the dead), nothing else would bring the agent and the masters together
-// again.
-func (p *Pool) reconnect(join []string, every time.Duration) {
-	defer close(p.done)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-p.stop:
-			return
-		case <-t.C:
-		}
-		var addrs []string
-		server := false
-		for _, m := range p.Members() {
-			switch {
-			case m.Status == cluster.StatusDead:
-				addrs = append(addrs, m.Addr)
-			case m.Status == cluster.StatusAlive && m.Role == cluster.RoleServer:
-				server = true
-			}
-		}
-		if !server {
-			addrs = append(addrs, join...)
-		}
-		for _, a := range addrs {
-			if _, err := p.ml.Join([]string{a}); err == nil {
-				p.log.Info("reconnected to the gossip pool", "addr", a)
-			}
+// reconnectAddrs are the members gossip declared dead, and the --join
+// addresses while no live server is known: after every master restarted
+// (or a partition longer than memberlist keeps talking to the dead),
+// nothing else would bring the agent and the masters together again.
+func (p *Pool) reconnectAddrs(join []string) []string {
+	var addrs []string
+	server := false
+	for _, m := range p.Members() {
+		switch {
+		case m.Status == cluster.StatusDead:
+			addrs = append(addrs, m.Addr)
+		case m.Status == cluster.StatusAlive && m.Role == cluster.RoleServer:
+			server = true
 		}
 	}
+	if !server {
+		addrs = append(addrs, join...)
+	}
+	return addrs
 }
 
 // adoptClusterID advertises the cluster's ID once a server told us: a member
