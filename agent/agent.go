@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -83,7 +84,12 @@ type Config struct {
 	// Registry gets the agent's metrics; the agent endpoint serves it at
 	// /metrics. Nil: a registry of the agent's own.
 	Registry *prometheus.Registry
-	Logger   *slog.Logger
+	// Credentials: with them the agent talks HTTPS to the API with its node
+	// certificate and serves its endpoint over TLS (EndpointTLS, which must
+	// ask for the API servers' client certificates). Without them, plain
+	// HTTP (in-process tests of this package only).
+	Credentials *Credentials
+	Logger      *slog.Logger
 }
 
 // Agent is a running node agent.
@@ -156,6 +162,15 @@ func New(cfg Config) (*Agent, error) {
 		Burst: 200,
 		Dial:  a.dialer.DialContext,
 	}
+	if c := cfg.Credentials; c != nil {
+		rc.Host = "https://flotilla-api"
+		// Every master's certificate names the in-cluster Service name, so
+		// whichever master the dialer picks verifies under it.
+		rc.TLSClientConfig = rest.TLSClientConfig{
+			ServerName: APIServerName,
+			CAData:     c.CA, CertData: c.Cert, KeyData: c.Key,
+		}
+	}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, err
@@ -171,6 +186,19 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+// APIServerName is the name the agent verifies masters' certificates
+// under: the in-cluster name of the default/kubernetes Service, which every
+// master's certificate carries.
+const APIServerName = "kubernetes.default.svc"
+
+// Credentials are what the agent received when it joined: the cluster CA,
+// its node certificate and key (PEM), and the TLS configuration of its
+// endpoint.
+type Credentials struct {
+	CA, Cert, Key []byte
+	EndpointTLS   *tls.Config
+}
+
 // Client is the agent's API client (it follows the masters).
 func (a *Agent) Client() kubernetes.Interface { return a.client }
 
@@ -184,6 +212,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.NodeIP, strconv.Itoa(a.cfg.AgentPort)))
 	if err != nil {
 		return fmt.Errorf("agent endpoint: %w", err)
+	}
+	if c := a.cfg.Credentials; c != nil {
+		ln = tls.NewListener(ln, c.EndpointTLS)
 	}
 	srv := &http.Server{
 		Handler: server.New(server.Config{

@@ -139,6 +139,23 @@ func (r *resource) subresourceNames() []string {
 	return append(out, r.subresources...)
 }
 
+// subresourceKind and subresourceVerbs are the registry's subKind and
+// verbs plus serviceaccounts/token (TokenRequest, create only), which the
+// registry's tables do not list.
+func subresourceKind(r *resource, sub string) (group, version, kind string) {
+	if sub == "token" {
+		return tokenRequestGVK.Group, tokenRequestGVK.Version, tokenRequestGVK.Kind
+	}
+	return r.subKind(sub)
+}
+
+func subresourceVerbs(r *resource, sub string) []string {
+	if v := r.verbs(sub); v != nil || sub != "token" {
+		return v
+	}
+	return []string{"create"}
+}
+
 func (s *Server) resourceList(gv schema.GroupVersion) *metav1.APIResourceList {
 	list := &metav1.APIResourceList{TypeMeta: metav1.TypeMeta{Kind: "APIResourceList", APIVersion: "v1"}, GroupVersion: gv.String()}
 	for _, r := range s.reg.inGroupVersion(gv) {
@@ -148,8 +165,8 @@ func (s *Server) resourceList(gv schema.GroupVersion) *metav1.APIResourceList {
 			StorageVersionHash: "",
 		})
 		for _, sub := range r.subresourceNames() {
-			g, v, k := r.subKind(sub)
-			ar := metav1.APIResource{Name: r.plural + "/" + sub, Namespaced: r.namespaced, Kind: k, Verbs: r.verbs(sub)}
+			g, v, k := subresourceKind(r, sub)
+			ar := metav1.APIResource{Name: r.plural + "/" + sub, Namespaced: r.namespaced, Kind: k, Verbs: subresourceVerbs(r, sub)}
 			if g != r.gvk.Group || v != r.gvk.Version {
 				ar.Group, ar.Version = g, v
 			}
@@ -200,11 +217,11 @@ func (s *Server) aggregated(core bool) *apidiscoveryv2.APIGroupDiscoveryList {
 				Categories:       r.categories,
 			}
 			for _, sub := range r.subresourceNames() {
-				g, v, k := r.subKind(sub)
+				g, v, k := subresourceKind(r, sub)
 				rd.Subresources = append(rd.Subresources, apidiscoveryv2.APISubresourceDiscovery{
 					Subresource:  sub,
 					ResponseKind: &metav1.GroupVersionKind{Group: g, Version: v, Kind: k},
-					Verbs:        r.verbs(sub),
+					Verbs:        subresourceVerbs(r, sub),
 				})
 			}
 			vd.Resources = append(vd.Resources, rd)

@@ -2,7 +2,10 @@
 //
 // # What it owns
 //
-// Routing (gorilla/mux) of /api/v1/..., /apis/apps/v1/... (namespaced,
+// Routing (gorilla/mux) of /api/v1/..., /apis/apps/v1/... and
+// /apis/rbac.authorization.k8s.io/v1/... (Roles, ClusterRoles and their
+// bindings, validated as kube's, with kube's default roles created by
+// EnsureDefaults; rbac.go, rbac_defaults.go) (namespaced,
 // cluster-scoped and all-namespace paths, legacy /watch/ paths and
 // subresources); decoding request bodies (JSON, YAML, protobuf) into
 // k8s.io/api types with fieldValidation=Strict|Warn|Ignore; defaulting and
@@ -28,8 +31,18 @@
 // inside a transaction (times and UIDs are stamped here, before Apply), and
 // holds no cache of its own: every read is the local fsm.Store. It does not
 // claim the /internal/ and /flotilla/ HTTP prefixes (cluster.Node.Handler
-// serves them next to this handler). TLS, authentication and authorization
-// plug in through Config.Middleware; OpenAPI documents through Config.Extra.
+// serves them next to this handler). Authentication, authorization and
+// audit (package api/auth) plug in through Config.Middleware; TLS is the
+// listener's; OpenAPI documents through Config.Extra.
+//
+// Security pieces that live here: Secrets are sealed (Config.Seal) in
+// commit and opened in decodeKV/getCurrent, so every verb and the watch
+// see plaintext while the store holds ciphertext (seal.go);
+// serviceaccounts/token issues pod-bound ServiceAccount tokens
+// (tokenrequest.go, Config.ServiceAccountKey); pod creation runs kube's
+// ServiceAccount admission (sa_admission.go: the kube-api-access projected
+// volume); the API reaches agents over HTTPS with the master's
+// certificate (Config.AgentTLS).
 //
 // # Decisions
 //
@@ -79,6 +92,21 @@
 // unbound or finished pod goes at once. A namespace becomes Terminating and
 // stays until the namespace controller empties spec.finalizers (finalize).
 //
+// ServiceAccount tokens (tokenrequest.go, sa_admission.go): the
+// serviceaccounts/token subresource answers TokenRequest with an ES256 JWT
+// (internal/satoken) signed by Config.ServiceAccountKey (none: 503), 1h by
+// default, 10 minutes at least, cut to 48h at most, audience the issuer
+// unless asked, optionally bound to a pod that must exist with the given
+// uid (404, 409) and run as that ServiceAccount (400). Pod create runs
+// kube's ServiceAccount admission: serviceAccountName defaults to
+// "default", a named ServiceAccount must exist (403), and unless
+// automountServiceAccountToken is false the projected kube-api-access-*
+// volume (token, ca.crt from ConfigMap kube-root-ca.crt, namespace) is
+// mounted at /var/run/secrets/kubernetes.io/serviceaccount. A missing
+// "default" ServiceAccount is accepted, not waited for (its controller
+// creates it just after the namespace); without a signing key no volume is
+// added, as no token could fill it.
+//
 // # Not supported (answered, never ignored)
 //
 // Server-side apply (415 naming client-side apply instead); volume types other than
@@ -91,8 +119,9 @@
 // to; use exec); log stream selection (stream=Stdout|Stderr, 422);
 // gRPC probes, httpGet/tcpSocket/sleep lifecycle hooks, stop signals,
 // hostPID, hostIPC, shareProcessNamespace, user namespaces, sysctls, mount
-// propagation, Windows options and serviceAccountToken projections (all
-// 422 "not supported by Flotilla"); managedFields are not tracked.
+// propagation and Windows options (all 422 "not supported by Flotilla");
+// TokenRequest bound to anything but a pod (400); managedFields are not
+// tracked.
 //
 // # Agent proxying
 //

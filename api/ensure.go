@@ -14,8 +14,10 @@ import (
 var DefaultNamespaces = []string{"default", "kube-system", "kube-public", "kube-node-lease"}
 
 // EnsureDefaults creates what every cluster has, when missing: the default
-// namespaces and the default/kubernetes Service on the first ClusterIP. It
-// is idempotent; the leader calls it once per term.
+// namespaces, the default/kubernetes Service on the first ClusterIP and the
+// default RBAC ClusterRoles and ClusterRoleBindings (rbac_defaults.go). It
+// is idempotent and never overwrites an existing object; the leader calls it
+// once per term.
 func (s *Server) EnsureDefaults(ctx context.Context) error {
 	nsRes := s.reg.lookup("", "v1", "namespaces")
 	for _, name := range DefaultNamespaces {
@@ -39,5 +41,5 @@ func (s *Server) EnsureDefaults(ctx context.Context) error {
 	if _, err := s.createObject(ctx, svcRes, "default", svc, false); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("ensure service default/kubernetes: %w", err)
 	}
-	return nil
+	return s.ensureRBACDefaults(ctx)
 }

@@ -162,6 +162,8 @@ func (q *request) serve() error {
 		return q.serveBinding(verb)
 	case "eviction":
 		return q.serveEviction(verb)
+	case "token":
+		return q.serveToken(verb)
 	case "log", "exec", "attach", "portforward", "proxy":
 		return q.serveAgentProxy(verb)
 	default:
@@ -296,6 +298,11 @@ func (s *Server) createObject(ctx context.Context, res *resource, ns string, obj
 	}
 	if res.prepareCreate != nil {
 		res.prepareCreate(obj)
+	}
+	if pod, ok := obj.(*corev1.Pod); ok {
+		if err := s.admitPod(ctx, pod); err != nil { // sa_admission.go
+			return nil, err
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		if generated {

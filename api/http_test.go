@@ -243,7 +243,7 @@ func TestDiscoveryHealthMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(groups) != 2 {
+	if len(groups) != 3 {
 		t.Fatalf("groups %+v", groups)
 	}
 	found := map[string]metav1.APIResource{}
@@ -254,7 +254,9 @@ func TestDiscoveryHealthMetrics(t *testing.T) {
 	}
 	for _, want := range []string{"v1/pods", "v1/pods/status", "v1/pods/binding", "v1/pods/eviction", "v1/pods/log", "v1/nodes", "v1/namespaces",
 		"v1/services", "v1/endpoints", "v1/serviceaccounts", "v1/configmaps", "v1/secrets", "v1/events",
-		"apps/v1/deployments", "apps/v1/deployments/scale", "apps/v1/replicasets", "apps/v1/replicasets/status"} {
+		"apps/v1/deployments", "apps/v1/deployments/scale", "apps/v1/replicasets", "apps/v1/replicasets/status",
+		"rbac.authorization.k8s.io/v1/roles", "rbac.authorization.k8s.io/v1/clusterroles",
+		"rbac.authorization.k8s.io/v1/rolebindings", "rbac.authorization.k8s.io/v1/clusterrolebindings"} {
 		if _, ok := found[want]; !ok {
 			t.Errorf("discovery lacks %s", want)
 		}

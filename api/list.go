@@ -189,7 +189,7 @@ func (q *request) listItems(opts metav1.ListOptions) (*listPage, error) {
 		}
 		last := ""
 		for _, kv := range r.KVs {
-			obj, err := decodeKV(q.res, kv)
+			obj, err := q.s.decodeKV(q.res, kv)
 			if err != nil {
 				return nil, err
 			}

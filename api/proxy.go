@@ -1,6 +1,7 @@
 package api
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,15 +29,21 @@ import (
 // through an upgrade-aware reverse proxy (the agent itself speaks
 // WebSocket v5 and SPDY-over-WebSocket, so nothing is translated here).
 
-// agentTransport carries API → agent traffic: plain HTTP until the security
-// issue brings mutual TLS, never through an HTTP proxy from the
-// environment (agents are on the cluster network).
-var agentTransport = &http.Transport{
-	DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-	MaxIdleConnsPerHost: 8,
-	IdleConnTimeout:     90 * time.Second,
-	// No ResponseHeaderTimeout: a log follow of a quiet container and an
-	// image import legitimately take long before answering.
+// newAgentTransport carries API → agent traffic, never through an HTTP
+// proxy from the environment (agents are on the cluster network). With
+// tlsConfig (the server's client certificate, the cluster CA) it speaks
+// HTTPS, as the agent endpoint requires; HTTP/2 stays off because exec and
+// port-forward upgrade the connection.
+func newAgentTransport(tlsConfig *tls.Config) *http.Transport {
+	return &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tlsConfig,
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 8,
+		IdleConnTimeout:     90 * time.Second,
+		// No ResponseHeaderTimeout: a log follow of a quiet container and an
+		// image import legitimately take long before answering.
+	}
 }
 
 // nodeProxyPath matches /api/v1/nodes/{name}/proxy[/...].
@@ -67,7 +74,7 @@ func (s *Server) agentURL(node string) (*url.URL, error) {
 	for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP, corev1.NodeHostName} {
 		for _, a := range n.Status.Addresses {
 			if a.Type == t && a.Address != "" {
-				return &url.URL{Scheme: "http", Host: net.JoinHostPort(a.Address, strconv.Itoa(int(port))), Path: "/"}, nil
+				return &url.URL{Scheme: s.agentScheme, Host: net.JoinHostPort(a.Address, strconv.Itoa(int(port))), Path: "/"}, nil
 			}
 		}
 	}
@@ -275,7 +282,7 @@ func (q *request) proxyLog(pod *corev1.Pod) error {
 	if err != nil {
 		return err
 	}
-	resp, err := agentTransport.RoundTrip(req)
+	resp, err := q.s.agentTransport.RoundTrip(req)
 	if err != nil {
 		return agentUnreachable(pod.Spec.NodeName, err)
 	}
@@ -415,7 +422,7 @@ func (s *Server) proxyTo(w http.ResponseWriter, r *http.Request, target *url.URL
 			pr.Out.Header.Del("Authorization")
 			pr.Out.Header.Del("Cookie")
 		},
-		Transport:     agentTransport,
+		Transport:     s.agentTransport,
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil || errors.Is(err, http.ErrAbortHandler) {

@@ -210,7 +210,6 @@ func TestAgentSubresourceDiscovery(t *testing.T) {
 // is refused with 422 and a cause naming the field, never half-run.
 func TestUnsupportedPodFeatures(t *testing.T) {
 	s := apitest.NewServer(t)
-	ten := int64(3600)
 	yes, no := true, false
 	bidi := corev1.MountPropagationBidirectional
 	sig := corev1.SIGUSR1
@@ -225,10 +224,6 @@ func TestUnsupportedPodFeatures(t *testing.T) {
 		{"nfs", func(p *corev1.PodSpec) {
 			p.Volumes = []corev1.Volume{{Name: "v", VolumeSource: corev1.VolumeSource{NFS: &corev1.NFSVolumeSource{Server: "s", Path: "/"}}}}
 		}, "spec.volumes[0].nfs"},
-		{"serviceAccountToken projection", func(p *corev1.PodSpec) {
-			p.Volumes = []corev1.Volume{{Name: "v", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
-				Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: &ten}}}}}}}
-		}, "spec.volumes[0].projected.sources[0].serviceAccountToken"},
 		{"ephemeral containers", func(p *corev1.PodSpec) {
 			p.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "e", Image: "x"}}}
 		}, "spec.ephemeralContainers"},

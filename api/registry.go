@@ -6,6 +6,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -278,6 +279,7 @@ func dnsLabel(name string, prefix bool) []string { return apivalidation.NameIsDN
 func resources() []*resource {
 	cgv := corev1.SchemeGroupVersion
 	agv := appsv1.SchemeGroupVersion
+	rgv := rbacv1.SchemeGroupVersion
 	return []*resource{
 		{
 			gvk: cgv.WithKind("Namespace"), plural: "namespaces", singular: "namespace", shortNames: []string{"ns"},
@@ -334,7 +336,7 @@ func resources() []*resource {
 			gvk: cgv.WithKind("ServiceAccount"), plural: "serviceaccounts", singular: "serviceaccount", shortNames: []string{"sa"},
 			namespaced: true, listKind: "ServiceAccountList",
 			newObj: func() object { return &corev1.ServiceAccount{} }, newList: func() runtime.Object { return &corev1.ServiceAccountList{} },
-			nameFn: dnsSubdomain,
+			nameFn: dnsSubdomain, subresources: []string{"token"},
 		},
 		{
 			gvk: cgv.WithKind("ConfigMap"), plural: "configmaps", singular: "configmap", shortNames: []string{"cm"},
@@ -376,6 +378,32 @@ func resources() []*resource {
 			fields: func(o object) fields.Set {
 				return fields.Set{"status.replicas": itoa(int64(o.(*appsv1.ReplicaSet).Status.Replicas))}
 			},
+		},
+		{
+			gvk: rgv.WithKind("Role"), plural: "roles", singular: "role",
+			namespaced: true, listKind: "RoleList",
+			newObj: func() object { return &rbacv1.Role{} }, newList: func() runtime.Object { return &rbacv1.RoleList{} },
+			nameFn: rbacName, validate: validateRole,
+		},
+		{
+			gvk: rgv.WithKind("ClusterRole"), plural: "clusterroles", singular: "clusterrole",
+			listKind: "ClusterRoleList",
+			newObj:   func() object { return &rbacv1.ClusterRole{} }, newList: func() runtime.Object { return &rbacv1.ClusterRoleList{} },
+			nameFn: rbacName, validate: validateClusterRole,
+		},
+		{
+			gvk: rgv.WithKind("RoleBinding"), plural: "rolebindings", singular: "rolebinding",
+			namespaced: true, listKind: "RoleBindingList",
+			newObj: func() object { return &rbacv1.RoleBinding{} }, newList: func() runtime.Object { return &rbacv1.RoleBindingList{} },
+			nameFn: rbacName, defaults: defaultRoleBinding,
+			validate: validateRoleBinding, validateUpdate: validateRoleBindingUpdate,
+		},
+		{
+			gvk: rgv.WithKind("ClusterRoleBinding"), plural: "clusterrolebindings", singular: "clusterrolebinding",
+			listKind: "ClusterRoleBindingList",
+			newObj:   func() object { return &rbacv1.ClusterRoleBinding{} }, newList: func() runtime.Object { return &rbacv1.ClusterRoleBindingList{} },
+			nameFn: rbacName, defaults: defaultClusterRoleBinding,
+			validate: validateClusterRoleBinding, validateUpdate: validateClusterRoleBindingUpdate,
 		},
 	}
 }

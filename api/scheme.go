@@ -5,6 +5,7 @@ import (
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -36,6 +37,7 @@ func newScheme() *runtime.Scheme {
 	utilruntime.Must(appsv1.AddToScheme(s))
 	utilruntime.Must(policyv1.AddToScheme(s))
 	utilruntime.Must(autoscalingv1.AddToScheme(s))
+	utilruntime.Must(rbacv1.AddToScheme(s))
 	utilruntime.Must(metav1.AddMetaToScheme(s))
 	s.AddUnversionedTypes(metav1.SchemeGroupVersion,
 		&metav1.ListOptions{}, &metav1.GetOptions{}, &metav1.DeleteOptions{},

@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
 	"errors"
 	"flotilla/api/openapi"
 	"fmt"
@@ -81,9 +83,26 @@ type Config struct {
 	// Middleware wraps the resource and discovery handlers: the seam for
 	// authentication and authorization (nil = none).
 	Middleware func(http.Handler) http.Handler
+	// Seal encrypts Secrets at rest: the stored bytes of every Secret go
+	// through it on write and back on read (nil = stored as plaintext).
+	Seal Sealer
+	// ServiceAccountKey signs ServiceAccount tokens (TokenRequest); nil =
+	// the token subresource answers 503.
+	ServiceAccountKey *ecdsa.PrivateKey
+	// RootCA is the cluster CA certificate (PEM) published to pods.
+	RootCA []byte
+	// AgentTLS is the client side of API → agent connections (logs, exec,
+	// port-forward, images): HTTPS with it, plain HTTP when nil.
+	AgentTLS *tls.Config
 	// Extra mounts more handlers on the router (e.g. /openapi/v2 and
 	// /openapi/v3). They run inside Middleware and the in-flight limit.
 	Extra []func(*mux.Router)
+}
+
+// Sealer encrypts and decrypts stored values (Secrets at rest).
+type Sealer interface {
+	Encrypt(plain []byte) ([]byte, error)
+	Decrypt(sealed []byte) ([]byte, error)
 }
 
 // Server is the Kubernetes-compatible API of one master.
@@ -103,6 +122,9 @@ type Server struct {
 	// on it, so shutdown need not wait out MaxWatchTimeout.
 	watchesClosed chan struct{}
 	closeOnce     sync.Once
+	// agentTransport and agentScheme reach the agents (Config.AgentTLS).
+	agentTransport *http.Transport
+	agentScheme    string
 }
 
 // New builds a Server. It does not listen; serve Handler().
@@ -168,6 +190,10 @@ func New(cfg Config) (*Server, error) {
 		roSem:  make(chan struct{}, cfg.MaxReadOnlyInFlight),
 
 		watchesClosed: make(chan struct{}),
+	}
+	s.agentTransport, s.agentScheme = newAgentTransport(cfg.AgentTLS), "http"
+	if cfg.AgentTLS != nil {
+		s.agentScheme = "https"
 	}
 	s.alloc = newAllocator(cfg.ServiceCIDR, cfg.NodePortMin, cfg.NodePortMax)
 	reg := cfg.Registerer

@@ -21,8 +21,18 @@ const maxRetries = 16
 
 func (s *Server) store() *fsm.Store { return s.cfg.Cluster.Store() }
 
-// decodeKV turns a stored value into an object with its resourceVersion.
-func decodeKV(res *resource, kv *fsm.KeyValue) (object, error) {
+// decodeKV turns a stored value into an object with its resourceVersion,
+// decrypting a sealed Secret first (seal.go).
+func (s *Server) decodeKV(res *resource, kv *fsm.KeyValue) (object, error) {
+	kv, err := s.open(kv)
+	if err != nil {
+		return nil, err
+	}
+	return decodeOpened(res, kv)
+}
+
+// decodeOpened is decodeKV for a value already through open.
+func decodeOpened(res *resource, kv *fsm.KeyValue) (object, error) {
 	obj := res.newObj()
 	if err := json.Unmarshal(kv.Value, obj); err != nil {
 		return nil, fmt.Errorf("decode stored %s: %w", kv.Key, err)
@@ -92,13 +102,19 @@ func (s *Server) syncRead(ctx context.Context, rv string) error {
 	return s.waitRevision(ctx, n)
 }
 
-// getCurrent reads one object from the local store.
+// getCurrent reads one object from the local store. The KeyValue it
+// returns holds the decrypted value (seal.go), so callers may compare it
+// with encodeForStore's output.
 func (s *Server) getCurrent(res *resource, ns, name string) (object, *fsm.KeyValue, error) {
 	kv, _ := s.store().Get(res.key(ns, name))
 	if kv == nil {
 		return nil, nil, apierrors.NewNotFound(res.groupResource(), name)
 	}
-	obj, err := decodeKV(res, kv)
+	kv, err := s.open(kv)
+	if err != nil {
+		return nil, nil, err
+	}
+	obj, err := decodeOpened(res, kv)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -118,9 +134,15 @@ func (s *Server) getFresh(ctx context.Context, res *resource, ns, name string) (
 	return s.getCurrent(res, ns, name)
 }
 
-// commit applies a transaction and turns a failed compare into errRetry
-// (the caller knows which compare matters).
+// commit applies a transaction, sealing the values of Secrets on the way
+// (seal.go); a failed compare is a result, not an error (the caller knows
+// which compare matters). The TxnResult's Current and Prev hold stored,
+// still sealed, values.
 func (s *Server) commit(ctx context.Context, txn *fsm.Txn) (*fsm.TxnResult, error) {
+	txn, err := s.sealTxn(txn)
+	if err != nil {
+		return nil, err
+	}
 	res, err := s.cfg.Cluster.Apply(ctx, txn)
 	if err != nil {
 		return nil, err

@@ -8,9 +8,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/duration"
@@ -71,7 +73,18 @@ var tableColumns = map[string][]column{
 	"ServiceAccount": {col("Name", "string", 0), col("Secrets", "integer", 0), col("Age", "string", 0)},
 	"Event": {col("Last Seen", "string", 0), col("Type", "string", 0), col("Reason", "string", 0), col("Object", "string", 0), col("Message", "string", 0),
 		col("Source", "string", 1), col("First Seen", "string", 1), col("Count", "integer", 1), col("Name", "string", 1)},
+	"Role":               roleColumns,
+	"ClusterRole":        roleColumns,
+	"RoleBinding":        bindingColumns,
+	"ClusterRoleBinding": bindingColumns,
 }
+
+// Roles show their creation time, not an age, as kube's printer does.
+var (
+	roleColumns    = []column{col("Name", "string", 0), col("Created At", "date", 0)}
+	bindingColumns = []column{col("Name", "string", 0), col("Role", "string", 0), col("Age", "string", 0),
+		col("Users", "string", 1), col("Groups", "string", 1), col("ServiceAccounts", "string", 1)}
+)
 
 var defaultColumns = []column{col("Name", "string", 0), col("Age", "string", 0)}
 
@@ -238,8 +251,37 @@ func (s *Server) cells(obj object) []any {
 		}
 		objRef := strings.ToLower(o.InvolvedObject.Kind) + "/" + o.InvolvedObject.Name
 		return []any{s.age(last), o.Type, o.Reason, objRef, strings.TrimSpace(o.Message), orNone(src), s.age(first), int64(o.Count), o.Name}
+	case *rbacv1.Role:
+		return []any{o.Name, o.CreationTimestamp.UTC().Format(time.RFC3339)}
+	case *rbacv1.ClusterRole:
+		return []any{o.Name, o.CreationTimestamp.UTC().Format(time.RFC3339)}
+	case *rbacv1.RoleBinding:
+		return append([]any{o.Name, o.RoleRef.Kind + "/" + o.RoleRef.Name, age}, subjectCells(o.Subjects)...)
+	case *rbacv1.ClusterRoleBinding:
+		return append([]any{o.Name, o.RoleRef.Kind + "/" + o.RoleRef.Name, age}, subjectCells(o.Subjects)...)
 	}
 	return []any{obj.GetName(), age}
+}
+
+// subjectCells are a binding's Users, Groups and ServiceAccounts
+// (namespace/name) columns.
+func subjectCells(subjects []rbacv1.Subject) []any {
+	var users, groups, sas []string
+	for _, sub := range subjects {
+		switch sub.Kind {
+		case rbacv1.UserKind:
+			users = append(users, sub.Name)
+		case rbacv1.GroupKind:
+			groups = append(groups, sub.Name)
+		case rbacv1.ServiceAccountKind:
+			if sub.Namespace != "" {
+				sas = append(sas, sub.Namespace+"/"+sub.Name)
+			} else {
+				sas = append(sas, sub.Name)
+			}
+		}
+	}
+	return []any{strings.Join(users, ", "), strings.Join(groups, ", "), strings.Join(sas, ", ")}
 }
 
 // table builds the Table of objs; includeObject is the TableOptions choice

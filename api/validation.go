@@ -43,9 +43,9 @@ var (
 	serviceTypes        = sets.New(string(corev1.ServiceTypeClusterIP), string(corev1.ServiceTypeNodePort), string(corev1.ServiceTypeLoadBalancer), string(corev1.ServiceTypeExternalName))
 	// supportedVolumes are the volume sources the agent can provide.
 	supportedVolumes = sets.New("emptyDir", "configMap", "secret", "hostPath", "projected", "downwardAPI")
-	// supportedProjections are the projected sources the agent can provide.
-	// serviceAccountToken is not among them: nothing issues bound tokens yet.
-	supportedProjections = sets.New("configMap", "secret", "downwardAPI")
+	// supportedProjections are the projected sources the agent can provide
+	// (serviceAccountToken through TokenRequest, api/tokenrequest.go).
+	supportedProjections = sets.New("configMap", "secret", "downwardAPI", "serviceAccountToken")
 )
 
 func validateNamespace(o object) field.ErrorList {
@@ -270,6 +270,9 @@ func validateVolumes(vols []corev1.Volume, path *field.Path) (sets.Set[string], 
 					}
 					if t.ExpirationSeconds != nil && *t.ExpirationSeconds < 600 {
 						errs = append(errs, field.Invalid(pp.Child("serviceAccountToken", "expirationSeconds"), *t.ExpirationSeconds, "may not specify a duration less than 10 minutes"))
+					}
+					if t.ExpirationSeconds != nil && *t.ExpirationSeconds > 1<<32 {
+						errs = append(errs, field.Invalid(pp.Child("serviceAccountToken", "expirationSeconds"), *t.ExpirationSeconds, "may not specify a duration larger than 2^32 seconds"))
 					}
 				}
 			}

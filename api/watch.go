@@ -137,7 +137,7 @@ func (q *request) watch() error {
 		}
 		start = r.Revision
 		for _, kv := range r.KVs {
-			obj, err := decodeKV(q.res, kv)
+			obj, err := q.s.decodeKV(q.res, kv)
 			if err != nil {
 				return err
 			}
@@ -246,13 +246,13 @@ func (q *request) watch() error {
 func (q *request) convertEvent(ev fsm.Event, sel *selection) (watch.EventType, object, error) {
 	var prev object
 	if ev.PrevKV != nil && !sel.empty() {
-		p, err := decodeKV(q.res, ev.PrevKV)
+		p, err := q.s.decodeKV(q.res, ev.PrevKV)
 		if err != nil {
 			return "", nil, err
 		}
 		prev = p
 	}
-	obj, err := decodeKV(q.res, ev.KV)
+	obj, err := q.s.decodeKV(q.res, ev.KV)
 	if err != nil {
 		return "", nil, err
 	}

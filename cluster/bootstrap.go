@@ -93,6 +93,15 @@ func (n *Node) tryBootstrap() (done bool, reason string) {
 		return false, fmt.Sprintf("%d of %d servers seen", len(cands), n.cfg.BootstrapExpect)
 	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i].Name < cands[j].Name })
+	if n.cfg.PreBootstrap != nil {
+		servers := make([]Member, len(cands))
+		for i, m := range cands {
+			servers[i] = m.Member
+		}
+		if err := n.cfg.PreBootstrap(n.ctx, servers); err != nil {
+			return false, fmt.Sprintf("pre-bootstrap hook: %v", err)
+		}
+	}
 	var conf raft.Configuration
 	for _, m := range cands {
 		conf.Servers = append(conf.Servers, raft.Server{

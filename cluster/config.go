@@ -180,6 +180,30 @@ type Config struct {
 	Registerer prometheus.Registerer // nil = no metrics
 	// LeaderServices run while this node leads.
 	LeaderServices []LeaderService
+
+	// GossipKeys encrypt gossip (AES-256-GCM, GossipKeySize bytes each,
+	// primary first); nil = gossip in the clear. They seed the cluster's
+	// keyring (keyring.go); after that the store's keyring rules.
+	GossipKeys [][]byte
+	// KeyringFile is where this server saves the gossip keyring it applied
+	// from the store; when the file exists, Start uses it instead of
+	// GossipKeys (it holds the newest keys this server knows). "" = not saved.
+	KeyringFile string
+	// Seal seals the gossip keyring in the store (the secrets-at-rest
+	// keyring); nil = stored in the clear.
+	Seal Sealer
+	// PreBootstrap, when set, runs on a fresh server once BootstrapExpect
+	// servers are seen, with those servers (self included, sorted by name),
+	// just before it bootstraps Raft. An error is logged and the attempt is
+	// made again on the next tick, so it may run more than once.
+	PreBootstrap func(ctx context.Context, servers []Member) error
+}
+
+// Sealer encrypts and decrypts values at rest (satisfied by the secrets
+// keyring).
+type Sealer interface {
+	Encrypt(plain []byte) ([]byte, error)
+	Decrypt(sealed []byte) ([]byte, error)
 }
 
 // withDefaults validates cfg and fills defaults.
@@ -246,6 +270,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(c.GossipKeys) > 0 {
+		if err := ValidateGossipKeys(c.GossipKeys); err != nil {
+			return c, fmt.Errorf("config: GossipKeys: %w", err)
+		}
 	}
 	for _, s := range c.LeaderServices {
 		if s.Run == nil {

@@ -8,13 +8,21 @@
 //     store (<data-dir>/raft/raft.db, raft-boltdb/v2) and the file snapshot
 //     store (<data-dir>/raft/snapshots, two kept);
 //   - the Raft transport, over a StreamLayer that dials and listens through
-//     Config.Network so TLS and tests' fault injection plug in;
+//     Config.Network so TLS and tests' fault injection plug in
+//     (TLSNetwork: the masters' mutual TLS, tlsnet.go);
 //   - gossip (memberlist): member metadata (role, Raft and API addresses,
-//     cluster ID), refusal of members of another cluster, join with retry;
+//     cluster ID, key fingerprints), refusal of members of another cluster,
+//     join with retry; encryption with memberlist's AES-256-GCM keyring
+//     (Config.GossipKeys) whose source of truth after bootstrap is a sealed
+//     record in the store, applied by every master and rotated by the
+//     leader without cutting anyone off (keyring.go);
+//   - PreBootstrap: the hook a new cluster's servers run once they have all
+//     been seen, before Raft bootstraps (they fetch the cluster's keys
+//     there: Raft is mutual TLS);
 //   - bootstrap (BootstrapExpect) and membership: the leader adds alive
 //     servers as voters and removes long-dead ones while quorum stays safe;
 //   - writes (Apply) from any master: followers forward to the leader over
-//     HTTP (POST /internal/v1/apply);
+//     HTTP(S) (POST /internal/v1/apply);
 //   - linearizable reads (ReadIndex), batched so one VerifyLeader serves
 //     every waiting caller;
 //   - the leadership loop: leader-only services run under a context that

@@ -33,6 +33,10 @@ const (
 	// state its event callbacks do not see (the Node they get keeps its
 	// old State), so the member says it itself.
 	MetaLeaving = "leaving"
+	// MetaKeys lists the fingerprints (KeyFingerprint) of the gossip keys
+	// a member has installed, comma-separated, primary first: a rotation
+	// moves on only once every alive member advertises its step.
+	MetaKeys = "keys"
 
 	RoleServer = "server"
 	RoleAgent  = "agent"
@@ -108,6 +112,9 @@ type gossipState struct {
 	// subscribers are signalled the same way, one channel each (see
 	// Node.MembershipChanges).
 	subscribers []chan struct{}
+
+	// keys is gossip encryption (keyring.go).
+	keys keyringState
 }
 
 func newGossipState(n *Node) *gossipState {
@@ -164,6 +171,13 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 	mc.Alive = n.gossip
 	mc.Merge = n.gossip
 	mc.Logger = NewStdLogger(n.log.With("component", "memberlist"))
+	if ring := n.gossip.keys.ring.Load(); ring != nil {
+		// Refuse anything not encrypted with a key of the ring, both ways:
+		// a member without the key can neither join nor be heard.
+		mc.Keyring = ring
+		mc.GossipVerifyIncoming = true
+		mc.GossipVerifyOutgoing = true
+	}
 	return mc
 }
 
@@ -331,6 +345,9 @@ func (n *Node) buildMeta() ([]byte, error) {
 	if id := n.ClusterID(); id != "" {
 		meta[MetaClusterID] = id
 	}
+	if ring := n.gossip.keys.ring.Load(); ring != nil {
+		meta[MetaKeys] = KeyFingerprints(ring.GetKeys())
+	}
 	if n.fresh.Load() {
 		meta[MetaNew] = "1"
 		if n.cfg.BootstrapExpect > 0 {
@@ -368,7 +385,13 @@ func (n *Node) refreshMeta() {
 }
 
 // startGossip creates the memberlist (listening on the gossip port).
+// With gossip encryption it also starts following the store's keyring
+// (keyring.go): a server that missed a rotation needs the new keys from
+// Raft before it can gossip again.
 func (n *Node) startGossip() error {
+	if err := n.initKeyring(); err != nil {
+		return err
+	}
 	n.refreshMeta()
 	ml, err := memberlist.Create(n.memberlistConfig())
 	if err != nil {
@@ -377,6 +400,8 @@ func (n *Node) startGossip() error {
 	local := ml.LocalNode()
 	n.gossipAddr = net.JoinHostPort(local.Addr.String(), strconv.Itoa(int(local.Port)))
 	n.ml.Store(ml) // publishes gossipAddr too
+	n.wg.Add(1)
+	go n.runGossipKeyring()
 	return nil
 }
 

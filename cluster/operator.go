@@ -36,7 +36,54 @@ func (n *Node) Handler() http.Handler {
 	mux.HandleFunc("GET /flotilla/v1/operator/snapshot", n.handleSnapshotSave)
 	mux.HandleFunc("POST /flotilla/v1/operator/snapshot", n.handleSnapshotRestore)
 	mux.HandleFunc("GET /flotilla/v1/operator/members", n.handleMembers)
+	mux.HandleFunc("GET /flotilla/v1/gossip/keyring", n.handleGossipKeyring)
+	mux.HandleFunc("POST /flotilla/v1/operator/gossip/rotate", n.handleGossipRotate)
 	return mux
+}
+
+// GossipKeyringBody is the answer of GET /flotilla/v1/gossip/keyring: the
+// cluster's gossip keys, primary first (base64 in JSON).
+type GossipKeyringBody struct {
+	Keys [][]byte `json:"keys"`
+}
+
+// GossipRotateBody is the answer of POST /flotilla/v1/operator/gossip/rotate:
+// the fingerprints of the keys now installed, primary first.
+type GossipRotateBody struct {
+	Keys []string `json:"keys"`
+}
+
+// handleGossipKeyring serves the keys agents poll (an agent that missed a
+// rotation cannot gossip until it has them). Who may read them is the API
+// server's business, as for every endpoint here.
+func (n *Node) handleGossipKeyring(w http.ResponseWriter, _ *http.Request) {
+	keys, err := n.GossipKeyring()
+	if errors.Is(err, ErrGossipNotEncrypted) {
+		writeJSON(w, http.StatusNotFound, errorBody{Error: err.Error(), Code: "not_found"})
+		return
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, GossipKeyringBody{Keys: keys})
+}
+
+func (n *Node) handleGossipRotate(w http.ResponseWriter, req *http.Request) {
+	var err error
+	if req.Header.Get(headerForwarded) != "" {
+		err = n.rotateHere(req.Context())
+	} else {
+		err = n.RotateGossipKey(req.Context())
+	}
+	if errors.Is(err, ErrGossipNotEncrypted) {
+		err = fmt.Errorf("%w: %w", errBadRequest, err)
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, GossipRotateBody{Keys: SplitFingerprints(KeyFingerprints(n.gossipKeys()))})
 }
 
 // handleApply is the leader's side of a forwarded write: the body is an

@@ -183,11 +183,21 @@ join_flags() {
 	done
 }
 
+# server_token: the cluster's shared server token, made on the first `up`
+# and kept in the data dir: every master starts with it (it opens the first
+# exchange of the CA and keys), and agents join with it, as in k3s.
+server_token() {
+	if [[ ! -s $DIR/token ]]; then
+		(umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/token")
+	fi
+	cat "$DIR/token"
+}
+
 start_master() {
 	local n=$1
 	# shellcheck disable=SC2046 # join_flags is meant to split
 	start "$n" server --name "$n" --data-dir "$DIR/$n" --bind "$(ip_of "$n")" \
-		--bootstrap-expect 3 $(join_flags)
+		--bootstrap-expect 3 $(join_flags) --token "$(server_token)"
 }
 
 # Each agent runs its own containerd under its data dir (--containerd
@@ -198,7 +208,7 @@ start_agent() {
 	local n=$1
 	# shellcheck disable=SC2046 # join_flags is meant to split
 	start "$n" agent --node-name "$n" --data-dir "$DIR/$n" --bind "$(ip_of "$n")" \
-		$(join_flags) --containerd managed --containerd-namespace "$P$n"
+		$(join_flags) --token "$(server_token)" --containerd managed --containerd-namespace "$P$n"
 }
 
 # --- network -----------------------------------------------------------------
@@ -360,18 +370,32 @@ unmount_under() {
 
 # --- the cluster -------------------------------------------------------------
 
+# write_kubeconfig: one context per master, HTTPS verified against the
+# cluster CA, the admin token. Both come from a master's data dir, where
+# the master writes them once the cluster's keys exist.
 write_kubeconfig() {
-	local n tmp=$KUBECONFIG_FILE.tmp
+	local n m="" tmp=$KUBECONFIG_FILE.tmp i
+	for ((i = 0; i < 600; i++)); do
+		for n in "${MASTERS[@]}"; do
+			if [[ -s $DIR/$n/tls/ca.crt && -s $DIR/$n/tls/admin.token ]]; then
+				m=$n
+				break 2
+			fi
+		done
+		sleep 0.1
+	done
+	[[ -n $m ]] || die "no master has the cluster's keys after 60s; see $DIR/m*/flotilla.log"
 	{
 		echo "apiVersion: v1"
 		echo "kind: Config"
 		echo "clusters:"
 		for n in "${MASTERS[@]}"; do
-			printf -- '- name: %s\n  cluster:\n    server: http://%s:6443\n' "$P$n" "$(ip_of "$n")"
+			printf -- '- name: %s\n  cluster:\n    server: https://%s:6443\n    certificate-authority-data: %s\n' \
+				"$P$n" "$(ip_of "$n")" "$(base64 -w0 <"$DIR/$m/tls/ca.crt")"
 		done
 		echo "users:"
 		echo "- name: admin"
-		echo "  user: {}"
+		printf '  user:\n    token: %s\n' "$(tr -d '\n' <"$DIR/$m/tls/admin.token")"
 		echo "contexts:"
 		for n in "${MASTERS[@]}"; do
 			printf -- '- name: %s\n  context:\n    cluster: %s\n    user: admin\n    namespace: default\n' "$P$n" "$P$n"
@@ -406,7 +430,7 @@ peers() {
 	local a
 	a=$(api)
 	[[ -n $a ]] || return 1
-	timeout 10 "$FLOTILLA" operator raft list-peers --server "$a" --timeout 5s 2>/dev/null
+	timeout 10 "$FLOTILLA" operator raft list-peers --server "$a" --kubeconfig "$KUBECONFIG_FILE" --timeout 5s 2>/dev/null
 }
 
 # kc_any ARGS: kubectl to the first master (by the kubeconfig's contexts)
@@ -460,7 +484,7 @@ usage_hint() {
 	[[ $fl == "$PWD"/* ]] && fl=./${fl#"$PWD"/}
 	cat <<EOF
 
-The APIs: http://$NET.1:6443 (m1), http://$NET.2:6443, http://$NET.3:6443
+The APIs: https://$NET.1:6443 (m1), https://$NET.2:6443, https://$NET.3:6443
 (kubeconfig $kc, contexts ${P}m1 (current), ${P}m2, ${P}m3). Try:
 
   export KUBECONFIG=$kc

@@ -44,7 +44,7 @@ func BenchmarkPodStartup(b *testing.B) {
 	b.Cleanup(func() { unmountUnder(a.dataDir) })
 	a.start()
 	dumpOnFailure(b, m, a)
-	cs := clientIn(b, h1, m.apiAddr())
+	cs := clientIn(b, h1, m)
 	waitFor(b, 60*time.Second, "n1 Ready", func() (bool, string) { return nodeReady(cs, "n1") })
 	ctx := context.Background()
 	if out, err := h1.flotilla(ctx, "image", "import", image, "--kubeconfig", filepath.Join(m.dataDir, "kubeconfig")); err != nil {

@@ -19,7 +19,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"golang.org/x/sys/unix"
 
@@ -62,7 +61,7 @@ func newMasterNode(t *testing.T, h *testHost, name, containerd string) *node {
 func newAgentNode(t *testing.T, h *testHost, name, join, containerd string) *node {
 	ns := "it-" + name + "-" + randomSuffix()
 	s := &server{t: t, name: name, ip: h.ip, dataDir: filepath.Join(t.TempDir(), name), netns: h.nsPath}
-	s.args = append([]string{"agent", "--node-name", name, "--data-dir", s.dataDir, "--bind", h.ip, "--join", join}, agentArgs(containerd, ns)...)
+	s.args = append([]string{"agent", "--node-name", name, "--data-dir", s.dataDir, "--bind", h.ip, "--join", join, "--token", testServerToken}, agentArgs(containerd, ns)...)
 	t.Cleanup(s.kill)
 	cleanupAgentDir(t, s.dataDir)
 	return &node{server: s, host: h, ns: ns}
@@ -77,16 +76,6 @@ func cleanupAgentDir(t *testing.T, dir string) {
 			t.Errorf("unmount under %s: %v", dir, failed)
 		}
 	})
-}
-
-// clientIn is a client-go clientset that talks to api from inside h.
-func clientIn(t testing.TB, h *testHost, api string) kubernetes.Interface {
-	t.Helper()
-	cs, err := kubernetes.NewForConfig(&rest.Config{Host: "http://" + api, Dial: h.dial, QPS: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cs
 }
 
 func nodeReady(cs kubernetes.Interface, name string) (bool, string) {
@@ -151,7 +140,11 @@ func ptr[T any](v T) *T { return &v }
 
 // httpGetIn fetches url from inside h.
 func httpGetIn(ctx context.Context, h *testHost, url string) (string, error) {
-	c := &http.Client{Transport: &http.Transport{DialContext: h.dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	return getWith(ctx, &http.Client{Transport: &http.Transport{DialContext: h.dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}, url)
+}
+
+// getWith GETs url with c and returns the body.
+func getWith(ctx context.Context, c *http.Client, url string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", err
@@ -185,7 +178,7 @@ func TestAgentTwoNodes(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cs := clientIn(t, h1, m.apiAddr())
+	cs := clientIn(t, h1, m)
 	kubeconfig := filepath.Join(m.dataDir, "kubeconfig")
 	kubectl := func(args ...string) (string, error) {
 		return h1.flotilla(ctx, append([]string{"kubectl", "--kubeconfig", kubeconfig}, args...)...)
@@ -598,7 +591,7 @@ func TestAgentMasterFailover(t *testing.T) {
 	// Any master answers; the client tries them in turn.
 	clients := make([]kubernetes.Interface, 3)
 	for i := range masters {
-		clients[i] = clientIn(t, hn, masters[i].apiAddr())
+		clients[i] = clientIn(t, hn, masters[i])
 	}
 	waitFor(t, 90*time.Second, "n1 Ready", func() (bool, string) { return nodeReady(clients[0], "n1") })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -49,13 +49,14 @@ import (
 
 // masterLab is a set of masters in lab hosts, with a client host.
 type masterLab struct {
-	t       *testing.T
-	lab     *lab
-	client  *testHost
-	hosts   []*testHost
-	masters []*server
-	cs      []kubernetes.Interface // from the client host, one per master
-	http    *http.Client           // from the client host
+	t        *testing.T
+	lab      *lab
+	client   *testHost
+	hosts    []*testHost
+	masters  []*server
+	cs       []kubernetes.Interface // from the client host, one per master
+	http     *http.Client           // from the client host, with a server certificate
+	httpOnce sync.Once
 }
 
 // newMasterLab makes hosts m1..m3 and c and describes (does not start) a
@@ -67,13 +68,9 @@ func newMasterLab(t *testing.T) *masterLab {
 		ml.hosts = append(ml.hosts, ml.lab.host(fmt.Sprintf("m%d", i)))
 	}
 	ml.client = ml.lab.host("c")
-	ml.http = &http.Client{
-		Transport: &http.Transport{DialContext: ml.client.dial, DisableKeepAlives: true},
-		Timeout:   5 * time.Second,
-	}
 	for i, h := range ml.hosts {
 		ml.masters = append(ml.masters, newServerIn(t, h, fmt.Sprintf("m%d", i+1), "--bootstrap-expect", "3", "--join", ml.seed()))
-		ml.cs = append(ml.cs, clientIn(t, ml.client, ml.masters[i].apiAddr()))
+		ml.cs = append(ml.cs, clientIn(t, ml.client, ml.masters[i]))
 		dumpOnFailure(t, ml.masters[i])
 	}
 	return ml
@@ -91,7 +88,7 @@ func (ml *masterLab) addMaster(name string) int {
 	dumpOnFailure(ml.t, s)
 	ml.hosts = append(ml.hosts, h)
 	ml.masters = append(ml.masters, s)
-	ml.cs = append(ml.cs, clientIn(ml.t, ml.client, s.apiAddr()))
+	ml.cs = append(ml.cs, clientIn(ml.t, ml.client, s))
 	return len(ml.masters) - 1
 }
 
@@ -126,7 +123,7 @@ func (ml *masterLab) operator(i int, args ...string) string {
 	ml.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := ml.client.flotilla(ctx, append(append([]string{"operator"}, args...), "--server", ml.masters[i].apiAddr())...)
+	out, err := ml.client.flotilla(ctx, append(append([]string{"operator"}, args...), ml.masters[i].opArgs()...)...)
 	if err != nil {
 		ml.t.Fatalf("operator %v: %v", args, err)
 	}
@@ -183,7 +180,7 @@ type masterStatus struct {
 // others, so it answers at once on a master that is cut off.
 func (ml *masterLab) status(i int) (masterStatus, error) {
 	var st masterStatus
-	resp, err := ml.http.Get("http://" + ml.masters[i].apiAddr() + "/internal/v1/status")
+	resp, err := ml.httpc().Get("https://" + ml.masters[i].apiAddr() + "/internal/v1/status")
 	if err != nil {
 		return st, err
 	}
@@ -229,7 +226,7 @@ func (ml *masterLab) index(name string) int {
 
 // members is the gossip pool as master i sees it: name → status.
 func (ml *masterLab) members(i int) (map[string]string, error) {
-	resp, err := ml.http.Get("http://" + ml.masters[i].apiAddr() + "/flotilla/v1/operator/members")
+	resp, err := ml.httpc().Get("https://" + ml.masters[i].apiAddr() + "/flotilla/v1/operator/members")
 	if err != nil {
 		return nil, err
 	}
@@ -1181,4 +1178,11 @@ func fillDisk(t *testing.T, path string) int64 {
 		t.Logf("%d blocks still free after filling %s", st.Bavail, path)
 	}
 	return n
+}
+
+// httpc is a client holding a master's server certificate (the internal
+// and operator endpoints answer it), made once the first master has one.
+func (ml *masterLab) httpc() *http.Client {
+	ml.httpOnce.Do(func() { ml.http = serverCertHTTP(ml.t, ml.client, ml.masters[0], 5*time.Second) })
+	return ml.http
 }

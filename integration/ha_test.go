@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -69,12 +68,12 @@ func TestHACluster(t *testing.T) {
 		t.Cleanup(func() { removeEmptyNamespaceDirs(ns) })
 	}
 	dumpOnFailure(t, append(slices.Clone(masters), agents[0].server, agents[1].server)...)
-	dumpFrontendsOnFailure(t, hn1, hn2)
+	dumpFrontendsOnFailure(t, masters[0], hn1, hn2)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	admin := mhosts[0]
-	cs := clientIn(t, admin, masters[0].apiAddr())
+	cs := clientIn(t, admin, masters[0])
 	nodeHosts := []*testHost{hn1, hn2}
 	kubeconfig := ""
 	cacheDir := t.TempDir()
@@ -423,7 +422,7 @@ func TestHACluster(t *testing.T) {
 	step("4 leader killed under writes", func(t *testing.T) {
 		var clients []kubernetes.Interface
 		for _, m := range masters {
-			clients = append(clients, clientIn(t, admin, m.apiAddr()))
+			clients = append(clients, clientIn(t, admin, m))
 		}
 		peers, err := raftPeers(ctx, admin, masters[0])
 		if err != nil {
@@ -561,9 +560,9 @@ func TestHACluster(t *testing.T) {
 		// the join addresses back while no master is alive): the masters'
 		// gossip sees them alive, which the stored Ready alone would not
 		// prove.
-		hc := &http.Client{Transport: &http.Transport{DialContext: admin.dial}, Timeout: 5 * time.Second}
+		hc := adminHTTP(t, admin, masters[0], 5*time.Second)
 		waitFor(t, 90*time.Second, "both agents alive in the masters' gossip", func() (bool, string) {
-			resp, err := hc.Get("http://" + masters[0].apiAddr() + "/flotilla/v1/operator/members")
+			resp, err := hc.Get("https://" + masters[0].apiAddr() + "/flotilla/v1/operator/members")
 			if err != nil {
 				return false, err.Error()
 			}
@@ -638,7 +637,7 @@ func TestHACluster(t *testing.T) {
 func raftPeers(ctx context.Context, h *testHost, s *server) ([]cluster.Peer, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	out, err := h.flotilla(ctx, "operator", "raft", "list-peers", "--server", s.apiAddr())
+	out, err := h.flotilla(ctx, append([]string{"operator", "raft", "list-peers"}, s.opArgs()...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,6 +63,9 @@ func newServer(t testing.TB, name, ip string, extra ...string) *server {
 	t.Helper()
 	s := &server{t: t, name: name, ip: ip, dataDir: filepath.Join(t.TempDir(), name)}
 	s.args = append([]string{"server", "--name", name, "--data-dir", s.dataDir, "--bind", ip}, extra...)
+	if !slices.Contains(extra, "--token") {
+		s.args = append(s.args, "--token", testServerToken)
+	}
 	t.Cleanup(s.kill)
 	return s
 }
@@ -163,7 +167,7 @@ func listPeers(s *server) ([]cluster.Peer, error) { return listPeersIn(nil, s, 3
 func listPeersIn(h *testHost, s *server, timeout time.Duration) ([]cluster.Peer, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	args := []string{"operator", "raft", "list-peers", "-o", "json", "--server", s.apiAddr()}
+	args := append([]string{"operator", "raft", "list-peers", "-o", "json"}, s.opArgs()...)
 	var out string
 	var err error
 	if h == nil {

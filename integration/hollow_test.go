@@ -131,6 +131,9 @@ func TestHollowDeployment(t *testing.T) {
 	for _, s := range servers {
 		joins = append(joins, s.gossipAddr())
 	}
+	// The cluster replaced its token-derived gossip key with its own at
+	// bootstrap; a member joins with that one (as a join hands it out).
+	keys := clusterGossipKeys(t, home)
 	var nodes []*hollow.Node
 	for i := 1; i <= 4; i++ {
 		n, err := hollow.Start(context.Background(), hollow.Config{
@@ -138,6 +141,7 @@ func TestHollowDeployment(t *testing.T) {
 			Client:     cs,
 			GossipBind: fmt.Sprintf("127.0.5.%d", 10+i),
 			Join:       joins,
+			Keys:       keys,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -44,7 +44,7 @@ func BenchmarkServiceProxy(b *testing.B) {
 	dumpOnFailure(b, m)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cs := clientIn(b, h, m.apiAddr())
+	cs := clientIn(b, h, m)
 	readyWithToolbox(b, ctx, cs, h, m, image, "n1")
 
 	pod := toolboxPod("echo", "n1", "serve", "--port", "8080")

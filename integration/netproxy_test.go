@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -52,11 +53,12 @@ func TestServiceProxy(t *testing.T) {
 	dumpOnFailure(t, m.server, a2.server)
 	hosts := []*testHost{h1, h2}
 	hostOf := map[string]*testHost{"n1": h1, "n2": h2}
-	dumpFrontendsOnFailure(t, hosts...)
+	dumpFrontendsOnFailure(t, m.server, hosts...)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cs := clientIn(t, h1, m.apiAddr())
+	cs := clientIn(t, h1, m)
+	agentHTTP := serverCertHTTP(t, h1, m.server, 5*time.Second)
 	kubeconfig := readyWithToolbox(t, ctx, cs, h1, m.server, image, "n1", "n2")
 	kubectl := func(args ...string) (string, error) {
 		return h1.flotilla(ctx, append([]string{"kubectl", "--kubeconfig", kubeconfig}, args...)...)
@@ -133,7 +135,7 @@ func TestServiceProxy(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			apiURL := "http://" + net.JoinHostPort(k8s.Spec.ClusterIP, "443") + "/version"
+			apiURL := "https://" + net.JoinHostPort(k8s.Spec.ClusterIP, "443") + "/version"
 			waitFor(t, 30*time.Second, e.pod+" reaches the API at "+apiURL, func() (bool, string) {
 				out, err = kubectl("exec", e.pod, "--", "/toolbox", "get", apiURL)
 				return err == nil && strings.Contains(out, `"gitVersion"`), fmt.Sprint(out, err)
@@ -141,6 +143,84 @@ func TestServiceProxy(t *testing.T) {
 			out, err = kubectl("exec", e.pod, "--", "/toolbox", "udp", udpAddr, "from-"+e.pod, "--timeout", "3s")
 			if err != nil || !slices.Contains(pods, echoHostname(out)) || !strings.HasSuffix(strings.TrimSpace(out), " from-"+e.pod) {
 				t.Fatalf("%s on %s: udp %s: %v: %q", e.pod, e.node, udpAddr, err, out)
+			}
+		}
+	})
+
+	t.Run("in-cluster client-go with the pod's ServiceAccount", func(t *testing.T) {
+		// The pod's default ServiceAccount has no role: client-go
+		// (rest.InClusterConfig: the mounted token and CA, the
+		// KUBERNETES_SERVICE_* address) is authenticated and refused.
+		pod := pods[0]
+		out, err := kubectl("exec", pod, "--", "/toolbox", "kube", "get", "configmaps")
+		if err == nil || !strings.Contains(out, "forbidden") {
+			t.Fatalf("the default ServiceAccount listed ConfigMaps: %v: %s", err, out)
+		}
+		if out, err := kubectl("create", "role", "cm-reader", "--verb=get,list", "--resource=configmaps"); err != nil {
+			t.Fatal(err, out)
+		}
+		if out, err := kubectl("create", "rolebinding", "default-cm-reader", "--role=cm-reader", "--serviceaccount=default:default"); err != nil {
+			t.Fatal(err, out)
+		}
+		defer func() {
+			_, _ = kubectl("delete", "rolebinding", "default-cm-reader")
+			_, _ = kubectl("delete", "role", "cm-reader")
+		}()
+		waitFor(t, 20*time.Second, "the pod to list ConfigMaps through its Role", func() (bool, string) {
+			out, err = kubectl("exec", pod, "--", "/toolbox", "kube", "get", "configmaps")
+			return err == nil && strings.Contains(out, "kube-root-ca.crt"), fmt.Sprint(out, err)
+		})
+		// Its Role allows reading ConfigMaps, and nothing else.
+		for _, args := range [][]string{
+			{"kube", "create", "configmap", "from-pod"},
+			{"kube", "get", "secrets"},
+			{"kube", "get", "configmaps", "-n", "kube-system"},
+		} {
+			out, err := kubectl(append([]string{"exec", pod, "--", "/toolbox"}, args...)...)
+			if err == nil || !strings.Contains(out, "forbidden") {
+				t.Errorf("toolbox %v: allowed beyond the Role: %v: %s", args, err, out)
+			}
+		}
+	})
+
+	t.Run("a gossip key rotation reaches every node", func(t *testing.T) {
+		// The agents follow the masters' keyring over the API; the
+		// rotation waits for each step to reach them, so when it returns
+		// every live member holds only the new key and no node was cut off.
+		op := func(args ...string) string {
+			out, err := h1.flotilla(ctx, append(append([]string{"operator"}, args...), "--kubeconfig", kubeconfig)...)
+			if err != nil {
+				t.Fatalf("operator %v: %v\n%s", args, err, out)
+			}
+			return out
+		}
+		// The cluster replaced its token-derived key at bootstrap by the
+		// same kind of rotation; one at a time.
+		waitFor(t, 90*time.Second, "a gossip key rotation", func() (bool, string) {
+			out, err := h1.flotilla(ctx, "operator", "gossip", "rotate", "--kubeconfig", kubeconfig)
+			return err == nil, out
+		})
+		var rows []struct {
+			Name, Status string
+			Keys         []string
+		}
+		if err := json.Unmarshal([]byte(op("gossip", "keys", "-o", "json")), &rows); err != nil {
+			t.Fatal(err)
+		}
+		var want string
+		for _, r := range rows {
+			if r.Status != "alive" {
+				continue
+			}
+			if len(r.Keys) != 1 || (want != "" && r.Keys[0] != want) {
+				t.Errorf("after the rotation %s holds %v (others %s)", r.Name, r.Keys, want)
+				continue
+			}
+			want = r.Keys[0]
+		}
+		for _, n := range []string{"n1", "n2"} {
+			if ok, why := nodeReady(cs, n); !ok {
+				t.Errorf("%s after the rotation: %s", n, why)
 			}
 		}
 	})
@@ -240,7 +320,7 @@ func TestServiceProxy(t *testing.T) {
 			}
 			t.Logf("connection %d: %s", i, how)
 		}
-		samples, err := scrapeMetrics(ctx, h1, h1.ip)
+		samples, err := scrapeMetrics(ctx, agentHTTP, h1.ip)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -447,7 +527,7 @@ func TestServiceProxy(t *testing.T) {
 		})
 		t.Logf("n2 dead to gossip %v after its link went down", time.Since(cutAt).Round(time.Millisecond))
 		dialFailures := func() float64 {
-			samples, err := scrapeMetrics(ctx, h1, h1.ip)
+			samples, err := scrapeMetrics(ctx, agentHTTP, h1.ip)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -916,9 +996,9 @@ type metricSample struct {
 }
 
 // scrapeMetrics reads the agent's /metrics at ip from inside h.
-func scrapeMetrics(ctx context.Context, h *testHost, ip string) ([]metricSample, error) {
-	c := &http.Client{Transport: &http.Transport{DialContext: h.dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(ip, agentPort)+"/metrics", nil)
+// The agent endpoint answers only masters: c holds a master's certificate.
+func scrapeMetrics(ctx context.Context, c *http.Client, ip string) ([]metricSample, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+net.JoinHostPort(ip, agentPort)+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -1026,14 +1106,14 @@ func sumMetric(samples []metricSample, name string, match map[string]string) flo
 
 // dumpFrontendsOnFailure logs what each node's proxy serves (its
 // /proxy/frontends status page) when the test failed.
-func dumpFrontendsOnFailure(t *testing.T, hosts ...*testHost) {
+func dumpFrontendsOnFailure(t *testing.T, master *server, hosts ...*testHost) {
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
 		}
 		for _, h := range hosts {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			body, err := httpGetIn(ctx, h, "http://"+net.JoinHostPort(h.ip, agentPort)+"/proxy/frontends")
+			body, err := getWith(ctx, serverCertHTTP(t, h, master, 5*time.Second), "https://"+net.JoinHostPort(h.ip, agentPort)+"/proxy/frontends")
 			cancel()
 			t.Logf("---- %s: proxy frontends ----\n%v %s", h.name, err, body)
 		}

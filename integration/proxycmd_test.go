@@ -35,7 +35,7 @@ func TestProxyCommand(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cs := clientIn(t, h1, m.apiAddr())
+	cs := clientIn(t, h1, m)
 	waitFor(t, 60*time.Second, "the API answering", func() (bool, string) {
 		_, err := cs.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, errString(err)

@@ -13,9 +13,9 @@ import (
 )
 
 // members asks s for the gossip pool.
-func members(s *server) ([]cluster.Member, error) {
-	c := http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + s.apiAddr() + "/flotilla/v1/operator/members")
+func members(t testing.TB, s *server) ([]cluster.Member, error) {
+	c := adminHTTP(t, nil, s, 3*time.Second)
+	resp, err := c.Get("https://" + s.apiAddr() + "/flotilla/v1/operator/members")
 	if err != nil {
 		return nil, err
 	}
@@ -41,7 +41,7 @@ func TestProcessSeedRestart(t *testing.T) {
 	})
 	seed.kill()
 	waitFor(t, 30*time.Second, "gossip to declare the seed dead", func() (bool, string) {
-		ms, err := members(other)
+		ms, err := members(t, other)
 		if err != nil {
 			return false, err.Error()
 		}

@@ -74,8 +74,8 @@ func TestServerBadInput(t *testing.T) {
 	})
 	t.Run("join reaches nobody", func(t *testing.T) {
 		runServerExpectFailure(t, 90*time.Second,
-			[]string{"--name", "x", "--data-dir", t.TempDir(), "--bind", "127.0.2.2", "--join", "127.0.2.3:7946"},
-			"127.0.2.3:7946")
+			[]string{"--name", "x", "--data-dir", t.TempDir(), "--bind", "127.0.2.2", "--join", "127.0.2.3:7946", "--token", testServerToken},
+			"127.0.2.3")
 	})
 	t.Run("data dir in use", func(t *testing.T) {
 		s := newServer(t, "locked", "127.0.2.4", "--bootstrap-expect", "1")
@@ -106,7 +106,7 @@ func TestServerBadInput(t *testing.T) {
 		s := singleServer(t, "corruptsnap", "127.0.2.7", func(s *server) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			out, err := flotilla(ctx, "operator", "snapshot", "save", filepath.Join(t.TempDir(), "snap"), "--server", s.apiAddr())
+			out, err := flotilla(ctx, append([]string{"operator", "snapshot", "save", filepath.Join(t.TempDir(), "snap")}, s.opArgs()...)...)
 			if err != nil {
 				t.Fatalf("snapshot save: %v: %s", err, out)
 			}
@@ -134,12 +134,21 @@ func TestServerBadInput(t *testing.T) {
 			return id == "ca", "no leader"
 		})
 		b := singleServer(t, "cb", "127.0.2.9", nil)
-		before := dirDigest(t, b.dataDir)
-		out := runServerExpectFailure(t, 60*time.Second,
-			[]string{"--name", "cb", "--data-dir", b.dataDir, "--bind", "127.0.2.9", "--join", a.gossipAddr()},
-			"cluster")
-		t.Logf("refused: %s", lastLine(out))
-		sameDir(t, before, dirDigest(t, b.dataDir))
+		// B's gossip is encrypted with its own cluster's key: A cannot even
+		// read its join, so nothing of A reaches B's state (nor B's A's).
+		// B, which has Raft state, keeps running as its own cluster and
+		// keeps trying, as a server cut off from its peers would.
+		b.args = []string{"server", "--name", "cb", "--data-dir", b.dataDir, "--bind", "127.0.2.9", "--join", a.gossipAddr()}
+		b.start()
+		waitFor(t, 60*time.Second, "cb's join refused", func() (bool, string) {
+			out := b.output()
+			return strings.Contains(out, "no installed keys") || strings.Contains(out, "another cluster"), lastLine(out)
+		})
+		waitFor(t, 30*time.Second, "cb leading its own cluster", func() (bool, string) {
+			id, _, err := leaderOf(b)
+			return err == nil && id == "cb", fmt.Sprint(id, err)
+		})
+		b.stop()
 		// Cluster A is untouched: still one voter, still led by ca.
 		id, peers, err := leaderOf(a)
 		if err != nil || id != "ca" || len(peers) != 1 {

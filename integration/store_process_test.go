@@ -74,7 +74,7 @@ func TestProcessLeaderKill(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	out, err := flotilla(ctx, "operator", "raft", "list-peers", "--server", survivor.apiAddr())
+	out, err := flotilla(ctx, append([]string{"operator", "raft", "list-peers"}, survivor.opArgs()...)...)
 	if err != nil {
 		t.Fatalf("list-peers: %v: %s", err, out)
 	}
@@ -103,7 +103,7 @@ func TestProcessLeaderKill(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		out, err := flotilla(ctx, append([]string{"operator"}, append(args, "--server", survivor.apiAddr())...)...)
+		out, err := flotilla(ctx, append([]string{"operator"}, append(args, survivor.opArgs()...)...)...)
 		if err != nil {
 			t.Fatalf("operator %v: %v: %s", args, err, out)
 		}

@@ -231,7 +231,7 @@ func TestTestHostServer(t *testing.T) {
 	waitFor(t, 30*time.Second, "m1 to lead, asked from b", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		out, err := b.flotilla(ctx, "operator", "raft", "list-peers", "-o", "json", "--server", s.apiAddr())
+		out, err := b.flotilla(ctx, append([]string{"operator", "raft", "list-peers", "-o", "json"}, s.opArgs()...)...)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -256,7 +256,7 @@ func TestTestHostServer(t *testing.T) {
 	waitFor(t, 30*time.Second, "m1 back, asked from b", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		out, err := b.flotilla(ctx, "operator", "raft", "list-peers", "--server", s.apiAddr())
+		out, err := b.flotilla(ctx, append([]string{"operator", "raft", "list-peers"}, s.opArgs()...)...)
 		return err == nil, out
 	})
 	s.kill()

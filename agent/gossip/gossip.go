@@ -36,6 +36,16 @@ type Config struct {
 	// Timing is "lan" (the default, memberlist's LAN profile) or "local"
 	// (loopback-fast, for tests).
 	Timing string
+	// Keys encrypt gossip (cluster.GossipKeySize bytes each, primary
+	// first), as the servers' cluster.Config.GossipKeys; nil = in the clear,
+	// and then SetKeys cannot turn encryption on later.
+	Keys [][]byte
+	// FetchKeys, when set with Keys, is asked for the cluster's current
+	// keys after every failed join attempt in Start (e.g. GET
+	// /flotilla/v1/gossip/keyring on a known API address): an agent that
+	// was down during a rotation starts with keys nobody accepts any more,
+	// and could otherwise never join. Its errors are logged and retried.
+	FetchKeys func(ctx context.Context) ([][]byte, error)
 	// Logger defaults to discarding.
 	Logger *slog.Logger
 }
@@ -68,6 +78,13 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	p := &Pool{meta: &delegate{}, events: &events{members: map[string]cluster.Member{}}, log: cfg.Logger.With("component", "gossip")}
+	if len(cfg.Keys) > 0 {
+		ring, err := cluster.NewGossipKeyring(cfg.Keys)
+		if err != nil {
+			return nil, fmt.Errorf("gossip: %w", err)
+		}
+		p.meta.ring = ring
+	}
 	if err := p.meta.setMeta(""); err != nil {
 		return nil, err
 	}
@@ -85,6 +102,12 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 	mc.Delegate = p.meta
 	mc.Events = p.events
 	mc.Logger = cluster.NewStdLogger(p.log.With("component", "memberlist"))
+	if p.meta.ring != nil {
+		// As the servers: nothing in the clear either way.
+		mc.Keyring = p.meta.ring
+		mc.GossipVerifyIncoming = true
+		mc.GossipVerifyOutgoing = true
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.Port)), err)
@@ -97,6 +120,9 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 			break
 		}
 		p.log.Warn("join gossip pool failed; retrying", "join", cfg.Join, "err", err, "in", backoff)
+		if cfg.FetchKeys != nil && p.meta.ring != nil {
+			p.fetchKeys(ctx, cfg.FetchKeys)
+		}
 		select {
 		case <-ctx.Done():
 			_ = ml.Shutdown()
@@ -155,6 +181,71 @@ func (p *Pool) adoptClusterID() {
 			return
 		}
 	}
+}
+
+// SetKeys makes this member's gossip keyring exactly keys (primary first),
+// as the servers' keyring record says (GET /flotilla/v1/gossip/keyring):
+// new keys are added before the primary changes and old ones removed last,
+// and the new fingerprints are advertised, which is what a rotation waits
+// for. A member cut off because it missed a rotation gets back in by
+// itself once it has the new keys (the reconnect loop calls the members it
+// saw die). It fails on a pool started without keys: encryption cannot be
+// turned on under a running pool.
+func (p *Pool) SetKeys(keys [][]byte) error {
+	ring := p.meta.ring
+	if ring == nil {
+		return fmt.Errorf("gossip: set keys: %w", cluster.ErrGossipNotEncrypted)
+	}
+	changed, err := cluster.ApplyGossipKeys(ring, keys)
+	if err != nil {
+		return fmt.Errorf("gossip: set keys: %w", err)
+	}
+	if !changed {
+		return nil
+	}
+	p.log.Info("gossip keyring changed", "keys", cluster.KeyFingerprints(ring.GetKeys()))
+	if err := p.meta.refresh(); err != nil {
+		return err
+	}
+	if err := p.ml.UpdateNode(time.Second); err != nil {
+		// The change is local already; the next probe or push/pull
+		// carries the metadata anyway.
+		p.log.Warn("advertise gossip keys", "err", err)
+	}
+	return nil
+}
+
+// fetchKeys applies the keys fetch returns, before a join is retried.
+func (p *Pool) fetchKeys(ctx context.Context, fetch func(context.Context) ([][]byte, error)) {
+	keys, err := fetch(ctx)
+	if err == nil {
+		_, err = cluster.ApplyGossipKeys(p.meta.ring, keys)
+	}
+	if err != nil {
+		p.log.Warn("fetch gossip keys", "err", err)
+		return
+	}
+	if err := p.meta.refresh(); err != nil {
+		p.log.Warn("fetch gossip keys", "err", err)
+		return
+	}
+	// Nobody to tell yet; this puts the new fingerprints in our own state,
+	// which the join's push/pull carries.
+	_ = p.ml.UpdateNode(time.Second)
+}
+
+// Keys returns this member's gossip keys, primary first (nil when gossip
+// is not encrypted).
+func (p *Pool) Keys() [][]byte {
+	if p.meta.ring == nil {
+		return nil
+	}
+	keys := p.meta.ring.GetKeys()
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = append([]byte(nil), k...)
+	}
+	return out
 }
 
 // Addr is this member's gossip address (host:port).
@@ -240,8 +331,14 @@ func APIAddrs(members []cluster.Member) []string {
 // delegate gives memberlist this member's metadata; the rest of
 // memberlist.Delegate is unused.
 type delegate struct {
-	meta      atomic.Pointer[[]byte]
+	meta atomic.Pointer[[]byte]
+	// ring is the gossip keyring (nil = in the clear); set before the
+	// member starts, never replaced.
+	ring *memberlist.Keyring
+
+	mu        sync.Mutex
 	clusterID string // set before the member joins, then only by adoptClusterID
+	leaving   bool
 }
 
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -260,19 +357,36 @@ func (d *delegate) MergeRemoteState([]byte, bool)   {}
 // setMeta encodes the agent metadata with the cluster ID, "" while unknown
 // (servers accept a member without one).
 func (d *delegate) setMeta(clusterID string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.clusterID = clusterID
-	return d.store(false)
+	return d.storeLocked()
 }
 
 // setLeaving adds MetaLeaving to the metadata.
-func (d *delegate) setLeaving() error { return d.store(true) }
+func (d *delegate) setLeaving() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.leaving = true
+	return d.storeLocked()
+}
 
-func (d *delegate) store(leaving bool) error {
+// refresh re-encodes the metadata (the keys changed).
+func (d *delegate) refresh() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.storeLocked()
+}
+
+func (d *delegate) storeLocked() error {
 	meta := map[string]string{cluster.MetaRole: cluster.RoleAgent}
 	if d.clusterID != "" {
 		meta[cluster.MetaClusterID] = d.clusterID
 	}
-	if leaving {
+	if d.ring != nil {
+		meta[cluster.MetaKeys] = cluster.KeyFingerprints(d.ring.GetKeys())
+	}
+	if d.leaving {
 		meta[cluster.MetaLeaving] = "1"
 	}
 	buf, err := cluster.EncodeMeta(meta)

@@ -43,6 +43,10 @@ type Config struct {
 	GossipPort int
 	// Join lists gossip addresses (host:port) of members to join.
 	Join []string
+	// Keys encrypt gossip, primary first (gossip.Config.Keys); nil = in
+	// the clear. A hollow node does not poll the keyring: whoever runs it
+	// calls SetKeys after a rotation.
+	Keys [][]byte
 	// Labels are added to the Node's well-known labels.
 	Labels map[string]string
 	// CPU and Memory are capacity quantities (default 4 and 8Gi); Pods is
@@ -99,6 +103,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		Bind:   cfg.GossipBind,
 		Port:   cfg.GossipPort,
 		Join:   cfg.Join,
+		Keys:   cfg.Keys,
 		Timing: "local",
 		Logger: n.log,
 	})
@@ -122,6 +127,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 
 // Name is the node's name.
 func (n *Node) Name() string { return n.cfg.Name }
+
+// SetKeys replaces the node's gossip keys (gossip.Pool.SetKeys).
+func (n *Node) SetKeys(keys [][]byte) error { return n.pool.SetKeys(keys) }
 
 // GossipAddr is the node's gossip address (host:port).
 func (n *Node) GossipAddr() string { return n.pool.Addr() }

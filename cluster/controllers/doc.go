@@ -34,6 +34,8 @@
 //     cascading deletion, orphaning, blockOwnerDeletion.
 //   - nodelifecycle.go: gossip health (NodeHealth) → Node conditions,
 //     the unreachable taint, rate-limited evictions.
+//   - rootca.go: the kube-root-ca.crt ConfigMap (the cluster CA) in every
+//     namespace, which pods' ServiceAccount volumes project.
 //
 // manager.go builds one shared informer factory, the controllers and one
 // event broadcaster, and runs them until its context ends. The cluster

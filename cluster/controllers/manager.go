@@ -34,12 +34,14 @@ const (
 	GarbageCollector = "garbagecollector"
 	NodeLifecycle    = "nodelifecycle"
 	MasterEndpoints  = "masterendpoints"
+	RootCAPublisher  = "rootca"
 )
 
 // AllControllers lists every controller in the order the Manager starts them.
 var AllControllers = []string{
 	ReplicaSet, Deployment, Endpoints, Namespace, ServiceAccount,
 	NodeIPAM, PodGC, GarbageCollector, NodeLifecycle, MasterEndpoints,
+	RootCAPublisher,
 }
 
 // Defaults of Config's zero values.
@@ -111,6 +113,11 @@ type Config struct {
 	// reports alive: the Endpoints of default/kubernetes. nil disables
 	// that controller.
 	Masters func() []string
+
+	// RootCA is the cluster CA certificate (PEM) published as ConfigMap
+	// kube-root-ca.crt {ca.crt} in every namespace, for pods to verify
+	// the API with (rootca.go). nil disables that controller.
+	RootCA []byte
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -268,6 +275,11 @@ func (m *Manager) Run(ctx context.Context) error {
 				continue
 			}
 			r = newMasterEndpointsController(b)
+		case RootCAPublisher:
+			if cfg.RootCA == nil {
+				continue
+			}
+			r = newRootCAController(b)
 		}
 		runners = append(runners, r)
 	}

@@ -26,6 +26,7 @@ import (
 	"flotilla/agent/network"
 	ctrdruntime "flotilla/agent/runtime/containerd"
 	"flotilla/cluster"
+	"flotilla/internal/join"
 )
 
 // agentFlags are the agent's own flags; `flotilla agent` and
@@ -70,6 +71,8 @@ type agentOptions struct {
 	gossipPort int
 	join       []string
 	server     []string
+	token      string
+	caHash     string
 }
 
 // newAgentCommand is `flotilla agent`: a node.
@@ -100,6 +103,8 @@ func newAgentCommand(logs *logOptions) *cobra.Command {
 	f.IntVar(&o.gossipPort, "gossip-port", 7946, "gossip port (TCP and UDP); 0 picks a free one")
 	f.StringArrayVar(&o.join, "join", nil, "gossip address (host:port) of any server or agent to join; repeatable")
 	f.StringArrayVar(&o.server, "server", nil, "API address (host:port) to try before the ones gossip reports; repeatable")
+	f.StringVar(&o.token, "token", "", "join token from `flotilla token create` (needed once: the node keeps its certificate in the data dir)")
+	f.StringVar(&o.caHash, "ca-hash", "", "the cluster CA's hash that `flotilla token create` printed (sha256:...): the agent refuses a cluster whose CA does not match")
 	return cmd
 }
 
@@ -112,9 +117,7 @@ func runAgentCommand(ctx context.Context, o *agentOptions, log *slog.Logger) err
 		return err
 	}
 	switch o.runtime {
-	case "fake":
-		return runHollow(ctx, o, labels, log)
-	case "containerd":
+	case "fake", "containerd":
 	default:
 		return fmt.Errorf("--runtime %q: want containerd or fake", o.runtime)
 	}
@@ -129,12 +132,24 @@ func runAgentCommand(ctx context.Context, o *agentOptions, log *slog.Logger) err
 	if err := o.agentFlags.check(); err != nil {
 		return err
 	}
+	creds, err := agentCredentials(ctx, o, nodeIP, log)
+	if err != nil {
+		return err
+	}
+	if o.runtime == "fake" {
+		return runHollow(ctx, o, labels, creds, log)
+	}
 	pool, err := gossip.Start(ctx, gossip.Config{
 		Name:      o.nodeName,
 		Bind:      o.bind,
 		Port:      o.gossipPort,
 		Advertise: o.advertise,
 		Join:      o.join,
+		Keys:      creds.GossipKeys,
+		// An agent that was down through a key rotation cannot gossip with
+		// its old keys; it asks a master over the API (which needs no
+		// gossip) for the current ones.
+		FetchKeys: fetchGossipKeys(creds, append(append([]string{}, o.server...), apiAddrsFor(o.join, defaultAPIPort)...)),
 		Logger:    log,
 	})
 	if err != nil {
@@ -146,6 +161,8 @@ func runAgentCommand(ctx context.Context, o *agentOptions, log *slog.Logger) err
 		nodeIP:   nodeIP,
 		members:  pool.Members,
 		servers:  o.server,
+		creds:    creds,
+		pool:     pool,
 	}, log)
 	// A stopped agent leaves the pool: the node is going away on purpose,
 	// not failing.
@@ -163,6 +180,11 @@ type agentSetup struct {
 	servers  []string
 	// registry gets the agent's metrics (the server's, all-in-one).
 	registry *prometheus.Registry
+	// creds are the node's certificate and the cluster CA.
+	creds *join.NodeCreds
+	// pool is the agent's own gossip pool (nil all-in-one, where the
+	// server's membership carries the node): its keys follow the cluster's.
+	pool *gossip.Pool
 }
 
 func (o *agentFlags) check() error {
@@ -241,6 +263,11 @@ func runAgent(ctx context.Context, o *agentFlags, s agentSetup, log *slog.Logger
 	if err != nil {
 		return err
 	}
+	endpointTLS, err := s.creds.ServerTLS()
+	if err != nil {
+		return fmt.Errorf("agent endpoint TLS: %w", err)
+	}
+	creds := &agent.Credentials{CA: s.creds.CACert, Cert: s.creds.Cert, Key: s.creds.Key, EndpointTLS: endpointTLS}
 	a, err := agent.New(agent.Config{
 		NodeName:          s.nodeName,
 		DataDir:           agentDir,
@@ -259,10 +286,14 @@ func runAgent(ctx context.Context, o *agentFlags, s agentSetup, log *slog.Logger
 		Proxy:             o.proxy,
 		NodePortAddresses: nodePortAddrs,
 		Registry:          s.registry,
+		Credentials:       creds,
 		Logger:            log,
 	})
 	if err != nil {
 		return err
+	}
+	if s.pool != nil {
+		go followGossipKeys(ctx, a.Client(), s.pool, s.creds, filepath.Join(s.dataDir, "tls"), log)
 	}
 	return a.Run(ctx)
 }
@@ -296,15 +327,19 @@ func nodeAddress(bind, advertise string) (string, error) {
 
 // runHollow is --runtime=fake: a hollow node for scale tests (package
 // agent/hollow), which talks to one API address.
-func runHollow(ctx context.Context, o *agentOptions, labels map[string]string, log *slog.Logger) error {
+func runHollow(ctx context.Context, o *agentOptions, labels map[string]string, creds *join.NodeCreds, log *slog.Logger) error {
 	if len(o.server) == 0 {
 		return errors.New("--runtime=fake needs --server (the API address, host:port)")
 	}
 	cs, err := kubernetes.NewForConfig(&rest.Config{
-		Host:      "http://" + o.server[0],
+		Host:      "https://" + o.server[0],
 		UserAgent: "flotilla-agent/" + o.nodeName,
 		QPS:       50,
 		Burst:     100,
+		TLSClientConfig: rest.TLSClientConfig{
+			ServerName: agent.APIServerName,
+			CAData:     creds.CACert, CertData: creds.Cert, KeyData: creds.Key,
+		},
 	})
 	if err != nil {
 		return err
@@ -315,12 +350,16 @@ func runHollow(ctx context.Context, o *agentOptions, labels map[string]string, l
 		GossipBind: o.bind,
 		GossipPort: o.gossipPort,
 		Join:       o.join,
+		Keys:       creds.GossipKeys,
 		Labels:     labels,
 		Pods:       o.maxPods,
 		Logger:     log,
 	})
 	if err != nil {
 		return err
+	}
+	if len(creds.GossipKeys) > 0 {
+		go followGossipKeys(ctx, cs, node, creds, filepath.Join(o.dataDir, "tls"), log)
 	}
 	<-ctx.Done()
 	node.Leave()

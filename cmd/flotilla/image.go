@@ -137,6 +137,16 @@ func newImageListCommand(kubeconfig *string) *cobra.Command {
 // kubectl` finds it: --kubeconfig, $KUBECONFIG, the data dirs, then
 // ~/.kube/config.
 func kubeconfigClient(kubeconfig, userAgent string) (kubernetes.Interface, error) {
+	cfg, err := kubeconfigREST(kubeconfig, userAgent)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// kubeconfigREST loads the client configuration of kubeconfig (or of the
+// default places) as kubectl would.
+func kubeconfigREST(kubeconfig, userAgent string) (*rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	switch {
 	case kubeconfig != "":
@@ -154,7 +164,7 @@ func kubeconfigClient(kubeconfig, userAgent string) (kubernetes.Interface, error
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
 	cfg.UserAgent = userAgent + "/" + Version
-	return kubernetes.NewForConfig(cfg)
+	return cfg, nil
 }
 
 // imageNodes is the named node, or every Ready node by name.

@@ -5,26 +5,28 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
-// kubeconfigFor builds an admin kubeconfig for the API at addr (host:port).
-func kubeconfigFor(addr string) *clientcmdapi.Config {
+// kubeconfigFor builds an admin kubeconfig for the API at addr (host:port):
+// HTTPS verified against the cluster CA, the admin bearer token.
+func kubeconfigFor(addr string, caPEM []byte, adminToken string) *clientcmdapi.Config {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["flotilla"] = &clientcmdapi.Cluster{Server: "http://" + addr}
-	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{}
+	cfg.Clusters["flotilla"] = &clientcmdapi.Cluster{Server: "https://" + addr, CertificateAuthorityData: caPEM}
+	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: adminToken}
 	cfg.Contexts["flotilla"] = &clientcmdapi.Context{Cluster: "flotilla", AuthInfo: "admin", Namespace: "default"}
 	cfg.CurrentContext = "flotilla"
 	return cfg
 }
 
 // writeKubeconfig writes the admin kubeconfig into the data dir atomically,
-// readable by its owner only (it will carry credentials).
-func writeKubeconfig(dataDir, addr string) (string, error) {
-	b, err := clientcmd.Write(*kubeconfigFor(addr))
+// readable by its owner only: it carries the admin token.
+func writeKubeconfig(dataDir, addr string, caPEM []byte, adminToken string) (string, error) {
+	b, err := clientcmd.Write(*kubeconfigFor(addr, caPEM, adminToken))
 	if err != nil {
 		return "", err
 	}
@@ -40,16 +42,24 @@ func writeKubeconfig(dataDir, addr string) (string, error) {
 }
 
 func newKubeconfigCommand() *cobra.Command {
-	var server string
+	var server, dataDir string
 	cmd := &cobra.Command{
 		Use:   "kubeconfig",
-		Short: "Print an admin kubeconfig for a server",
+		Short: "Print an admin kubeconfig for a server (run where the server's data dir is)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, _, err := net.SplitHostPort(server); err != nil {
 				return fmt.Errorf("--server %q: want host:port: %w", server, err)
 			}
-			b, err := clientcmd.Write(*kubeconfigFor(server))
+			ca, err := readPEM(dataDir, "ca.crt")
+			if err != nil {
+				return fmt.Errorf("the cluster CA (is %s a server's data dir?): %w", dataDir, err)
+			}
+			tok, err := os.ReadFile(filepath.Join(dataDir, "tls", "admin.token"))
+			if err != nil {
+				return fmt.Errorf("the admin token: %w", err)
+			}
+			b, err := clientcmd.Write(*kubeconfigFor(server, ca, strings.TrimSpace(string(tok))))
 			if err != nil {
 				return err
 			}
@@ -58,5 +68,6 @@ func newKubeconfigCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&server, "server", "127.0.0.1:6443", "the server's API address (host:port)")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "/var/lib/flotilla", "the server's data dir (holds the CA and the admin token)")
 	return cmd
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -14,18 +15,51 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
 
 	"flotilla/cluster"
 )
 
-// operatorClient talks to a server's operator endpoints on its API port.
+// operatorClient talks to a server's operator endpoints on its API port,
+// with the credentials of a kubeconfig (the operator endpoints are for
+// admins).
 type operatorClient struct {
-	server string
-	http   *http.Client
+	kubeconfig string
+	server     string // host:port overriding the kubeconfig's server
+	base       *url.URL
+	http       *http.Client
+}
+
+// connect loads the kubeconfig and builds the HTTPS client.
+func (c *operatorClient) connect(timeout time.Duration) error {
+	cfg, err := kubeconfigREST(c.kubeconfig, "flotilla-operator")
+	if err != nil {
+		return err
+	}
+	if c.server != "" {
+		if _, _, err := net.SplitHostPort(c.server); err != nil {
+			return fmt.Errorf("--server %q: want host:port: %w", c.server, err)
+		}
+		cfg.Host = "https://" + c.server
+		// The kubeconfig names one server; its CA is the cluster's, and
+		// every server's certificate carries the in-cluster name.
+		if cfg.TLSClientConfig.ServerName == "" {
+			cfg.TLSClientConfig.ServerName = "kubernetes.default.svc"
+		}
+	}
+	if c.base, err = url.Parse(cfg.Host); err != nil {
+		return fmt.Errorf("kubeconfig server %q: %w", cfg.Host, err)
+	}
+	if c.http, err = rest.HTTPClientFor(cfg); err != nil {
+		return err
+	}
+	c.http.Timeout = timeout
+	return nil
 }
 
 func (c *operatorClient) url(path string, q url.Values) string {
-	u := url.URL{Scheme: "http", Host: c.server, Path: path}
+	u := *c.base
+	u.Path = path
 	if q != nil {
 		u.RawQuery = q.Encode()
 	}
@@ -41,7 +75,7 @@ func (c *operatorClient) do(ctx context.Context, method, path string, q url.Valu
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("reach server %s: %w", c.server, err)
+		return fmt.Errorf("reach server %s: %w", c.base.Host, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
@@ -56,29 +90,33 @@ func (c *operatorClient) do(ctx context.Context, method, path string, q url.Valu
 
 func responseError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	// The cluster's endpoints answer {"error": ...}; the others (tokens,
+	// keys, authorization) a Kubernetes Status.
 	var e struct {
-		Error string `json:"error"`
+		Error   string `json:"error"`
+		Message string `json:"message"`
 	}
 	msg := strings.TrimSpace(string(b))
-	if json.Unmarshal(b, &e) == nil && e.Error != "" {
-		msg = e.Error
+	if json.Unmarshal(b, &e) == nil && (e.Error != "" || e.Message != "") {
+		msg = e.Error + e.Message
 	}
 	return fmt.Errorf("server answered %s: %s", resp.Status, msg)
 }
 
 func newOperatorCommand() *cobra.Command {
-	c := &operatorClient{http: &http.Client{}}
+	c := &operatorClient{}
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "operator",
-		Short: "Operate the masters: Raft peers and snapshots",
-		PersistentPreRun: func(*cobra.Command, []string) {
-			c.http.Timeout = timeout
+		Short: "Operate the masters: Raft peers, snapshots, gossip keys, Secret encryption keys",
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			return c.connect(timeout)
 		},
 	}
-	cmd.PersistentFlags().StringVar(&c.server, "server", "127.0.0.1:6443", "a server's API address (host:port)")
+	cmd.PersistentFlags().StringVar(&c.kubeconfig, "kubeconfig", "", "path to an admin kubeconfig (default: $KUBECONFIG, then "+strings.Join(defaultKubeconfigs, ", ")+", then ~/.kube/config)")
+	cmd.PersistentFlags().StringVar(&c.server, "server", "", "a server's API address (host:port) to use instead of the kubeconfig's")
 	cmd.PersistentFlags().DurationVar(&timeout, "timeout", 0, "give up after this long (0: no limit)")
-	cmd.AddCommand(newRaftCommand(c), newSnapshotCommand(c))
+	cmd.AddCommand(newRaftCommand(c), newSnapshotCommand(c), newGossipCommand(c), newSecretsCommand(c))
 	return cmd
 }
 
@@ -189,7 +227,7 @@ func saveSnapshot(ctx context.Context, c *operatorClient, path string, out io.Wr
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("reach server %s: %w", c.server, err)
+		return fmt.Errorf("reach server %s: %w", c.base.Host, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {

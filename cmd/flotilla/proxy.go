@@ -95,6 +95,13 @@ func runProxy(ctx context.Context, cs kubernetes.Interface, nodeName string, add
 		return err
 	}
 	if metricsBind != "" {
+		// Plain HTTP, as kube-proxy's metrics port: said out loud when it
+		// is reachable from elsewhere than this machine.
+		if host, _, err := net.SplitHostPort(metricsBind); err == nil {
+			if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+				log.Warn("serving /metrics and /proxy/frontends in plain HTTP beyond loopback", "metrics_bind", metricsBind)
+			}
+		}
 		ln, err := net.Listen("tcp", metricsBind)
 		if err != nil {
 			return fmt.Errorf("--metrics-bind: %w", err)

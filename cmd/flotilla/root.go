@@ -57,6 +57,7 @@ func newRootCommand() *cobra.Command {
 		newAgentCommand(logs),
 		newImageCommand(),
 		newProxyCommand(logs),
+		newTokenCommand(),
 	)
 	return root
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -34,6 +36,9 @@ const usage = `usage: toolbox COMMAND [ARGS]
   udp ADDR MSG [--timeout 5s]   send MSG in one datagram, print the reply; exit 1 on timeout
   log N [--interval D]          N numbered lines, alternately to stdout and stderr
   crash-after D                 exit 1 after D
+  kube get RESOURCE [-n NS]     in-cluster API client (rest.InClusterConfig): print the names of
+                                configmaps, secrets, pods, services or serviceaccounts; exit 1 with the API's error
+  kube create configmap NAME [-n NS] [--from-literal k=v]...
 `
 
 func main() {
@@ -85,6 +90,8 @@ func run(args []string) int {
 		err = logLines(args)
 	case "crash-after":
 		err = crashAfter(args)
+	case "kube":
+		err = kube(args, os.Stdout)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
@@ -434,7 +441,7 @@ func get(args []string) error {
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := httpClient().Do(req)
 	if err != nil {
 		return err
 	}
@@ -446,6 +453,25 @@ func get(args []string) error {
 		return fmt.Errorf("GET %s: %s", args[0], resp.Status)
 	}
 	return nil
+}
+
+// saCAFile is where a pod's ServiceAccount volume puts the cluster CA.
+const saCAFile = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+// httpClient trusts the system roots and, in a pod with a ServiceAccount
+// volume, the cluster CA: get https://kubernetes.default.svc works as it
+// does for in-cluster clients.
+func httpClient() *http.Client {
+	pem, err := os.ReadFile(saCAFile)
+	if err != nil {
+		return http.DefaultClient
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	pool.AppendCertsFromPEM(pem)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 }
 
 func tcp(args []string) error {

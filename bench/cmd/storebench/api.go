@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -65,11 +66,14 @@ func benchPod(name string, ann map[string]string) *corev1.Pod {
 	}
 }
 
-// kubeTransport is plain HTTP/1.1 keep-alive to the masters, enough idle
+// kubeTransport is HTTPS/1.1 keep-alive to the masters (tlsConf: see
+// clusterCreds; a custom TLS config keeps it off HTTP/2), enough idle
 // connections for every worker.
-func kubeTransport(conns int) *http.Transport {
+func kubeTransport(conns int, tlsConf *tls.Config) *http.Transport {
 	return &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tlsConf,
+		TLSHandshakeTimeout: 5 * time.Second,
 		MaxIdleConns:        conns * 4,
 		MaxIdleConnsPerHost: conns,
 		IdleConnTimeout:     90 * time.Second,
@@ -77,11 +81,13 @@ func kubeTransport(conns int) *http.Transport {
 	}
 }
 
-// kubeClient is client-go against one master: JSON, no client-side rate
+// kubeClient is client-go against one master as the admin (bearer token;
+// tr verifies the master against the cluster CA): JSON, no client-side rate
 // limit (QPS -1), no client timeout (each call has its own context).
-func kubeClient(addr string, tr http.RoundTripper) (*kubernetes.Clientset, error) {
+func kubeClient(addr, token string, tr http.RoundTripper) (*kubernetes.Clientset, error) {
 	return kubernetes.NewForConfig(&rest.Config{
-		Host:          "http://" + addr,
+		Host:          "https://" + addr,
+		BearerToken:   token,
 		UserAgent:     "storebench",
 		QPS:           -1,
 		ContentConfig: rest.ContentConfig{ContentType: "application/json", AcceptContentTypes: "application/json"},
@@ -105,10 +111,8 @@ func apiPhase(ctx context.Context, h *harness, o *options, out io.Writer, log *s
 		return err
 	}
 	defer h.removeDir(dir)
-	client := newApplyClient(4)
-	defer client.closeIdle()
 	log.Info("api: starting 3 servers")
-	c, err := startFlotilla(ctx, h, o.flotillaBin, dir, client)
+	c, err := startFlotilla(ctx, h, o.flotillaBin, dir, 4)
 	if err != nil {
 		return err
 	}
@@ -124,11 +128,14 @@ func apiPhase(ctx context.Context, h *harness, o *options, out io.Writer, log *s
 			break
 		}
 	}
-	tr := kubeTransport(max(a.conc, 64) * 2)
+	tr := kubeTransport(max(a.conc, 64)*2, c.creds.tokenTLS())
 	defer tr.CloseIdleConnections()
+	// Raw GETs present the server certificate instead of the token.
+	rawTr := kubeTransport(4, c.creds.certTLS())
+	defer rawTr.CloseIdleConnections()
 	cs := map[*flotillaServer]*kubernetes.Clientset{}
 	for _, s := range c.servers {
-		if cs[s], err = kubeClient(s.api(), tr); err != nil {
+		if cs[s], err = kubeClient(s.api(), c.creds.adminToken, tr); err != nil {
 			return err
 		}
 	}
@@ -231,7 +238,7 @@ func apiPhase(ctx context.Context, h *harness, o *options, out io.Writer, log *s
 			t0 := time.Now()
 			var err error
 			if v.raw {
-				bytesRead, err = rawGet(lctx, tr, "http://"+leader.api()+"/api/v1/namespaces/bench-list/pods")
+				bytesRead, err = rawGet(lctx, rawTr, "https://"+leader.api()+"/api/v1/namespaces/bench-list/pods")
 			} else {
 				var l *corev1.PodList
 				l, err = lc.CoreV1().Pods("bench-list").List(lctx, metav1.ListOptions{ResourceVersion: v.rv})
@@ -267,7 +274,7 @@ func apiPhase(ctx context.Context, h *harness, o *options, out io.Writer, log *s
 		role string
 		ns   string
 	}{{leader, "leader", "bench-watch-leader"}, {follower, "follower", "bench-watch-follower"}} {
-		r, err := watchRun(ctx, a, t.s, t.role, lc.CoreV1().Pods(t.ns), t.ns, o.opTimeout, log)
+		r, err := watchRun(ctx, a, t.s, c.creds.certTLS(), t.role, lc.CoreV1().Pods(t.ns), t.ns, o.opTimeout, log)
 		if err != nil {
 			return err
 		}
@@ -275,7 +282,7 @@ func apiPhase(ctx context.Context, h *harness, o *options, out io.Writer, log *s
 	}
 
 	// Report.
-	fmt.Fprintf(out, "### API (issue 3): 3 masters, client-go over loopback HTTP/1.1, JSON, QPS -1\n\n")
+	fmt.Fprintf(out, "### API (issue 3): 3 masters, client-go over loopback HTTPS (HTTP/1.1, admin token), JSON, QPS -1\n\n")
 	fmt.Fprintf(out, "Fresh 3-server cluster (leader %s, follower %s). Pods: one container, `spec.nodeName` = a Node object no agent serves, tolerating every NoExecute taint, so neither the scheduler, pod GC nor evictions touch them.\n\n", leader.name, follower.name)
 	fmt.Fprintf(out, "#### Pod creates, concurrency %d, %s warm-up then %s measured\n\n", a.conc, o.warmup, o.duration)
 	fmt.Fprintln(out, "| sent to | creates/s | p50 ms | p99 ms | max ms | errors | load avg before → after |")
@@ -406,10 +413,10 @@ type watchResult struct {
 }
 
 // watchRun opens a.watchers raw watch streams on s for namespace ns (from
-// the namespace's current resourceVersion), then creates a.watchRate pods
+// the namespace's current resourceVersion; HTTPS with tlsConf), then creates a.watchRate pods
 // per second through pods (the leader) and records when each stream
 // receives each ADDED event.
-func watchRun(ctx context.Context, a apiOptions, s *flotillaServer, role string, pods interface {
+func watchRun(ctx context.Context, a apiOptions, s *flotillaServer, tlsConf *tls.Config, role string, pods interface {
 	podCreater
 	List(ctx context.Context, opts metav1.ListOptions) (*corev1.PodList, error)
 }, ns string, timeout time.Duration, log *slog.Logger) (watchResult, error) {
@@ -418,12 +425,14 @@ func watchRun(ctx context.Context, a apiOptions, s *flotillaServer, role string,
 	if err != nil {
 		return res, err
 	}
-	url := fmt.Sprintf("http://%s/api/v1/namespaces/%s/pods?watch=1&resourceVersion=%s", s.api(), ns, l.ResourceVersion)
+	url := fmt.Sprintf("https://%s/api/v1/namespaces/%s/pods?watch=1&resourceVersion=%s", s.api(), ns, l.ResourceVersion)
 
 	wtr := &http.Transport{
-		DialContext:        (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		DisableKeepAlives:  true, // one connection per stream, closed with it
-		DisableCompression: true,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tlsConf,
+		TLSHandshakeTimeout: 5 * time.Second,
+		DisableKeepAlives:   true, // one connection per stream, closed with it
+		DisableCompression:  true,
 	}
 	defer wtr.CloseIdleConnections()
 	wctx, stopWatch := context.WithCancel(ctx)

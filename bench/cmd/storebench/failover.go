@@ -25,10 +25,8 @@ func failoverPhase(ctx context.Context, h *harness, o *options, out io.Writer, l
 		return err
 	}
 	defer h.removeDir(dir)
-	client := newApplyClient(64)
-	defer client.closeIdle()
 	log.Info("failover: starting 3 servers")
-	c, err := startFlotilla(ctx, h, o.flotillaBin, dir, client)
+	c, err := startFlotilla(ctx, h, o.flotillaBin, dir, 64)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,16 +45,23 @@ func (s *flotillaServer) api() string { return net.JoinHostPort(s.ip, strconv.It
 func (s *flotillaServer) up() bool    { return s.proc != nil && !s.proc.exited() }
 
 // flotillaCluster is three `flotilla server` processes on 127.0.0.1, .2 and
-// .3 with production timings (the binary's defaults: no timing flags).
+// .3 with production timings (the binary's defaults: no timing flags),
+// secure as the product is by default: HTTPS and credentials.
 type flotillaCluster struct {
 	h       *harness
 	bin     string
 	servers []*flotillaServer
-	client  *applyClient
+	creds   *clusterCreds // read from a data dir once the cluster made its keys
+	client  *applyClient  // HTTPS with a server certificate; maxConns idle connections per server
 }
 
-func startFlotilla(ctx context.Context, h *harness, bin, dir string, client *applyClient) (*flotillaCluster, error) {
-	c := &flotillaCluster{h: h, bin: bin, client: client}
+// startFlotilla starts a cluster under dir and waits for its credentials
+// and a leader. Its client keeps up to maxConns idle connections per server.
+func startFlotilla(ctx context.Context, h *harness, bin, dir string, maxConns int) (*flotillaCluster, error) {
+	c := &flotillaCluster{h: h, bin: bin}
+	// One shared server token per cluster: the first server makes the
+	// cluster's keys, the others fetch them sealed with it.
+	token := newServerToken()
 	for i := 1; i <= 3; i++ {
 		ip := fmt.Sprintf("127.0.0.%d", i)
 		s := &flotillaServer{name: fmt.Sprintf("f%d", i), ip: ip,
@@ -80,6 +88,7 @@ func startFlotilla(ctx context.Context, h *harness, bin, dir string, client *app
 			"--gossip-port", strconv.Itoa(s.gossipPort),
 			"--api-port", strconv.Itoa(s.apiPort),
 			"--bootstrap-expect", "3",
+			"--token", token,
 		}
 		// Every server knows the other two, so a restarted one finds the pool.
 		for _, o := range c.servers {
@@ -94,6 +103,13 @@ func startFlotilla(ctx context.Context, h *harness, bin, dir string, client *app
 			return nil, err
 		}
 	}
+	creds, err := c.waitCreds(ctx, 60*time.Second)
+	if err != nil {
+		c.stop()
+		return nil, fmt.Errorf("flotilla cluster made no credentials (logs in %s): %w", dir, err)
+	}
+	c.creds = creds
+	c.client = newApplyClient(maxConns, creds.certTLS())
 	if _, err := c.leader(ctx, 60*time.Second); err != nil {
 		c.stop()
 		return nil, fmt.Errorf("flotilla cluster did not elect a leader (logs in %s): %w", dir, err)
@@ -112,6 +128,9 @@ func (c *flotillaCluster) startServer(s *flotillaServer) error {
 }
 
 func (c *flotillaCluster) stop() {
+	if c.client != nil {
+		c.client.closeIdle()
+	}
 	for _, s := range c.servers {
 		if s.proc != nil {
 			s.proc.stop(10 * time.Second)
@@ -214,15 +233,21 @@ func (c *flotillaCluster) settle(ctx context.Context, value []byte, run string) 
 }
 
 // applyClient sends transactions to /internal/v1/apply over keep-alive
-// HTTP/1.1 connections, as a forwarding follower does. That endpoint is the
-// leader's side of forwarding: a follower answers it 503 not_leader.
+// HTTPS/1.1 connections with a server certificate, as a forwarding follower
+// does. That endpoint is the leader's side of forwarding: a follower answers
+// it 503 not_leader. It also reads status, peers and metrics.
 type applyClient struct {
 	hc *http.Client
 }
 
-func newApplyClient(maxConns int) *applyClient {
+// newApplyClient: tlsConf verifies the servers and presents a server
+// certificate (clusterCreds.certTLS). A custom TLS config keeps the
+// transport on HTTP/1.1 (no ForceAttemptHTTP2), as before TLS.
+func newApplyClient(maxConns int, tlsConf *tls.Config) *applyClient {
 	tr := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tlsConf,
+		TLSHandshakeTimeout: 5 * time.Second,
 		MaxIdleConns:        maxConns * 4,
 		MaxIdleConnsPerHost: maxConns,
 		IdleConnTimeout:     90 * time.Second,
@@ -236,7 +261,7 @@ func (c *applyClient) closeIdle() { c.hc.CloseIdleConnections() }
 // apply posts one encoded transaction to addr. A failed compare is an error
 // here: every write of the benchmark is meant to succeed.
 func (c *applyClient) apply(ctx context.Context, addr string, body []byte) (*fsm.TxnResult, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/internal/v1/apply", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+"/internal/v1/apply", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -296,7 +321,7 @@ func (c *applyClient) peers(ctx context.Context, addr string) ([]cluster.Peer, e
 func (c *applyClient) getJSON(ctx context.Context, addr, path string, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+path, nil)
 	if err != nil {
 		return err
 	}

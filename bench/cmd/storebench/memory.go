@@ -27,14 +27,13 @@ func memoryPhase(ctx context.Context, h *harness, o *options, out io.Writer, log
 		return err
 	}
 	defer h.removeDir(dir)
-	client := newApplyClient(o.memConc)
-	defer client.closeIdle()
 	log.Info("memory: starting 3 servers")
-	c, err := startFlotilla(ctx, h, o.flotillaBin, dir, client)
+	c, err := startFlotilla(ctx, h, o.flotillaBin, dir, o.memConc)
 	if err != nil {
 		return err
 	}
 	defer c.stop()
+	client := c.client
 	leader, err := c.leader(ctx, 10*time.Second)
 	if err != nil {
 		return err
@@ -128,7 +127,7 @@ func memoryPhase(ctx context.Context, h *harness, o *options, out io.Writer, log
 			role = "leader"
 		}
 		heap, sys := "?", "?"
-		if m, err := scrapeMetrics(ctx, s.api()); err == nil {
+		if m, err := client.metrics(ctx, s.api()); err == nil {
 			if v, ok := m["go_memstats_heap_inuse_bytes"]; ok {
 				heap = mib(int64(v))
 			}
@@ -172,15 +171,15 @@ func dirSize(dir string) int64 {
 	return n
 }
 
-// scrapeMetrics reads the unlabelled samples of a server's /metrics.
-func scrapeMetrics(ctx context.Context, addr string) (map[string]float64, error) {
+// metrics reads the unlabelled samples of a server's /metrics.
+func (c *applyClient) metrics(ctx context.Context, addr string) (map[string]float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, err
 	}

@@ -39,7 +39,7 @@ func writePhase(ctx context.Context, h *harness, o *options, etcdBin string, out
 		"create": "Flotilla: one put guarded by `CompareAbsent`; etcd: `Txn(If(CreateRevision(key) = 0), Then(Put))`",
 	}[o.op]
 	fmt.Fprintf(out, "### Writes: %d B values, distinct keys, %s warm-up then %s measured per run\n\n", o.valueSize, o.warmup, o.duration)
-	fmt.Fprintf(out, "Each run on a fresh 3-server cluster, writes sent to the leader. %s. etcd client: %d gRPC connections (capped by concurrency); Flotilla client: one keep-alive HTTP/1.1 connection per writer to `/internal/v1/apply`.\n\n", opDesc, o.etcdConns)
+	fmt.Fprintf(out, "Each run on a fresh 3-server cluster, writes sent to the leader. %s. etcd client: %d gRPC connections (capped by concurrency); Flotilla client: one keep-alive HTTPS/1.1 connection per writer to `/internal/v1/apply`, with a server certificate.\n\n", opDesc, o.etcdConns)
 	fmt.Fprintln(out, "| system | concurrency | writes/s | p50 ms | p99 ms | max ms | errors | load avg before → after |")
 	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range results {
@@ -112,10 +112,8 @@ func flotillaWriteRun(ctx context.Context, h *harness, o *options, conc int, val
 		return loadResult{}, err
 	}
 	defer h.removeDir(dir)
-	client := newApplyClient(conc)
-	defer client.closeIdle()
 	log.Info("flotilla: starting 3 servers", "concurrency", conc)
-	c, err := startFlotilla(ctx, h, o.flotillaBin, dir, client)
+	c, err := startFlotilla(ctx, h, o.flotillaBin, dir, conc)
 	if err != nil {
 		return loadResult{}, err
 	}
@@ -124,7 +122,7 @@ func flotillaWriteRun(ctx context.Context, h *harness, o *options, conc int, val
 	if err != nil {
 		return loadResult{}, err
 	}
-	write := flotillaWriter(client, leader.api(), o.op, fmt.Sprintf("c%d", conc), value)
+	write := flotillaWriter(c.client, leader.api(), o.op, fmt.Sprintf("c%d", conc), value)
 	log.Info("flotilla: writing", "leader", leader.name, "concurrency", conc, "for", o.warmup+o.duration)
 	r := runLoad(ctx, "flotilla", conc, o.warmup, o.duration, o.opTimeout, write)
 	log.Info("flotilla: done", "concurrency", conc, "writes/s", fmt.Sprintf("%.0f", r.throughput()),
