@@ -122,6 +122,18 @@ func TestServerBadInput(t *testing.T) {
 		runServerExpectFailure(t, 20*time.Second, s.args[1:], "snapshot")
 		sameDir(t, before, dirDigest(t, s.dataDir))
 	})
+	t.Run("cluster state without the cluster's keys", func(t *testing.T) {
+		// A data dir from before security (or whose tls/ was removed):
+		// the server must not make a second CA for a cluster that has one.
+		s := singleServer(t, "nokeys", "127.0.2.10", nil)
+		if err := os.RemoveAll(filepath.Join(s.dataDir, "tls")); err != nil {
+			t.Fatal(err)
+		}
+		runServerExpectFailure(t, 20*time.Second, s.args[1:], "no cluster keys")
+		if fileExists(filepath.Join(s.dataDir, "tls", "ca.crt")) {
+			t.Error("a new CA was made over the existing cluster state")
+		}
+	})
 	t.Run("server of another cluster", func(t *testing.T) {
 		a := newServer(t, "ca", "127.0.2.8", "--bootstrap-expect", "1")
 		dumpOnFailure(t, a)

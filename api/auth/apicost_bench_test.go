@@ -137,23 +137,13 @@ func startCostServer(b *testing.B, mode string) kubernetes.Interface {
 		if saKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
 			b.Fatal(err)
 		}
-		pub := &saKey.PublicKey
 		// VerifySA as cmd/flotilla wires it.
 		a, err = auth.New(auth.Config{
 			Store:      cluster.Store(),
 			AdminToken: adminToken,
-			VerifySA: func(tok string) (*auth.SAClaims, error) {
-				c, err := satoken.Verify(pub, tok, time.Now())
-				if err != nil {
-					return nil, err
-				}
-				return &auth.SAClaims{
-					Namespace: c.Namespace, ServiceAccount: c.ServiceAccount, ServiceAccountUID: c.ServiceAccountUID,
-					PodName: c.PodName, PodUID: c.PodUID, Audiences: c.Audiences, Expiry: c.Expiry,
-				}, nil
-			},
-			ReadIndex: cluster.ReadIndex,
-			Logger:    discard,
+			VerifySA:   auth.VerifySAWith(&saKey.PublicKey),
+			ReadIndex:  cluster.ReadIndex,
+			Logger:     discard,
 		})
 		if err != nil {
 			b.Fatal(err)

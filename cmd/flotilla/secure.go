@@ -538,3 +538,8 @@ func takeOverGossipKey(ctx context.Context, node *cluster.Node, token string, lo
 		backoff = min(2*backoff, 30*time.Second)
 	}
 }
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

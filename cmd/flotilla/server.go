@@ -125,6 +125,13 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 		// cluster's trust in two.
 		return fmt.Errorf("the keys in %s: %w", filepath.Join(o.dataDir, "tls"), err)
 	}
+	if !creds.Ready() && fileExists(filepath.Join(o.dataDir, "cluster-id")) {
+		// A server learns its cluster's ID only once it is in Raft, which
+		// needs the keys (Raft is mutual TLS): this dir predates them or
+		// lost them, and making new ones would split the cluster's trust.
+		return fmt.Errorf("data dir %s holds cluster state but no cluster keys (%s): it was made by a Flotilla without security, or tls/ was removed; start this server with a fresh data dir (make run: remove ./data) and restore a snapshot if the state matters",
+			o.dataDir, filepath.Join(o.dataDir, "tls"))
+	}
 	token, err := serverToken(o.dataDir, o.token, o.bootstrapExpect > 0, creds.Ready(), log)
 	if err != nil {
 		return err

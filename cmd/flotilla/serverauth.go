@@ -7,12 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"time"
 
 	"flotilla/api/auth"
 	"flotilla/cluster"
 	"flotilla/internal/join"
-	"flotilla/internal/satoken"
 )
 
 // newServerAuth builds and starts the API's authentication, authorization
@@ -28,23 +26,13 @@ func newServerAuth(ctx context.Context, node *cluster.Node, b *join.Bundle, saKe
 		// Closed with the process: the audit log is written until the end.
 		audit = f
 	}
-	pub := &saKey.PublicKey
 	a, err := auth.New(auth.Config{
 		Store:      node.Store(),
 		AdminToken: b.AdminToken,
-		VerifySA: func(tok string) (*auth.SAClaims, error) {
-			c, err := satoken.Verify(pub, tok, time.Now())
-			if err != nil {
-				return nil, err
-			}
-			return &auth.SAClaims{
-				Namespace: c.Namespace, ServiceAccount: c.ServiceAccount, ServiceAccountUID: c.ServiceAccountUID,
-				PodName: c.PodName, PodUID: c.PodUID, Audiences: c.Audiences, Expiry: c.Expiry,
-			}, nil
-		},
-		ReadIndex: node.ReadIndex,
-		AuditLog:  audit,
-		Logger:    log.With("component", "auth"),
+		VerifySA:   auth.VerifySAWith(&saKey.PublicKey),
+		ReadIndex:  node.ReadIndex,
+		AuditLog:   audit,
+		Logger:     log.With("component", "auth"),
 	})
 	if err != nil {
 		return nil, err
