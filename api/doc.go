@@ -33,7 +33,11 @@
 // claim the /internal/ and /flotilla/ HTTP prefixes (cluster.Node.Handler
 // serves them next to this handler). Authentication, authorization and
 // audit (package api/auth) plug in through Config.Middleware; TLS is the
-// listener's; OpenAPI documents through Config.Extra.
+// listener's; OpenAPI documents through Config.Extra. The self-reviews
+// kubectl auth can-i and whoami send (selfreview.go) are answered here,
+// never stored: SelfSubjectAccessReview asks Config.Authorizer about the
+// user Middleware put in the context (503 without one), SelfSubjectReview
+// returns that user (400 "no user present on request" without one, as kube).
 //
 // Security pieces that live here: Secrets are sealed (Config.Seal) in
 // commit and opened in decodeKV/getCurrent, so every verb and the watch

@@ -152,6 +152,9 @@ func (q *request) serve() error {
 	if q.res.namespaced && q.ns == "" && verb != "list" && verb != "watch" {
 		return methodNotAllowed(q.res.groupResource(), q.r.Method)
 	}
+	if q.res.review != nil {
+		return q.serveReview(verb)
+	}
 	switch q.sub {
 	case "":
 	case "status", "finalize":

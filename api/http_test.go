@@ -243,7 +243,7 @@ func TestDiscoveryHealthMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(groups) != 3 {
+	if len(groups) != 5 { // core, apps, authentication, authorization, rbac
 		t.Fatalf("groups %+v", groups)
 	}
 	found := map[string]metav1.APIResource{}
@@ -256,7 +256,8 @@ func TestDiscoveryHealthMetrics(t *testing.T) {
 		"v1/services", "v1/endpoints", "v1/serviceaccounts", "v1/configmaps", "v1/secrets", "v1/events",
 		"apps/v1/deployments", "apps/v1/deployments/scale", "apps/v1/replicasets", "apps/v1/replicasets/status",
 		"rbac.authorization.k8s.io/v1/roles", "rbac.authorization.k8s.io/v1/clusterroles",
-		"rbac.authorization.k8s.io/v1/rolebindings", "rbac.authorization.k8s.io/v1/clusterrolebindings"} {
+		"rbac.authorization.k8s.io/v1/rolebindings", "rbac.authorization.k8s.io/v1/clusterrolebindings",
+		"authorization.k8s.io/v1/selfsubjectaccessreviews", "authentication.k8s.io/v1/selfsubjectreviews"} {
 		if _, ok := found[want]; !ok {
 			t.Errorf("discovery lacks %s", want)
 		}

@@ -37,7 +37,7 @@ func openAPIResources(reg *registry) []openapi.Resource {
 				subs = append(subs, s)
 			}
 		}
-		out = append(out, openapi.Resource{
+		res := openapi.Resource{
 			Group:        r.gvk.Group,
 			Version:      r.gvk.Version,
 			Kind:         r.gvk.Kind,
@@ -46,8 +46,11 @@ func openAPIResources(reg *registry) []openapi.Resource {
 			Verbs:        r.verbs(""),
 			Subresources: subs,
 			Object:       r.newObj(),
-			List:         r.newList(),
-		})
+		}
+		if r.newList != nil {
+			res.List = r.newList()
+		}
+		out = append(out, res)
 	}
 	return out
 }

@@ -109,8 +109,9 @@ func defaultClusterRoles() []*rbacv1.ClusterRole {
 		cr("view", viewRules()...),
 		cr("system:discovery", urlRule([]string{"get"}, discoveryURLs...)),
 		cr("system:public-info-viewer", urlRule([]string{"get"}, publicInfoURLs...)),
-		// Self-reviews (kubectl auth can-i, whoami); Flotilla does not serve
-		// them yet, but the role says what kube's says.
+		// Self-reviews: kubectl auth can-i and whoami (selfreview.go).
+		// Flotilla does not serve selfsubjectrulesreviews (can-i --list),
+		// but the role says what kube's says.
 		cr("system:basic-user",
 			rule([]string{"create"}, "authorization.k8s.io", "selfsubjectaccessreviews", "selfsubjectrulesreviews"),
 			rule([]string{"create"}, "authentication.k8s.io", "selfsubjectreviews")),

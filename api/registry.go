@@ -5,6 +5,8 @@ import (
 	"sort"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
@@ -65,6 +67,11 @@ type resource struct {
 	// fields returns the field-selector fields beyond metadata.name and
 	// metadata.namespace; their keys are the supported selector fields.
 	fields func(obj object) fields.Set
+
+	// review makes the resource a review (SelfSubjectAccessReview,
+	// SelfSubjectReview): create is its only verb, nothing is stored, and
+	// the answer is what review returns for the decoded request (selfreview.go).
+	review func(q *request, obj object) (runtime.Object, error)
 }
 
 // group is the key segment of the group: core for the legacy group.
@@ -226,6 +233,9 @@ func (reg *registry) inGroupVersion(gv schema.GroupVersion) []*resource {
 func (r *resource) verbs(sub string) []string {
 	switch sub {
 	case "":
+		if r.review != nil {
+			return []string{"create"}
+		}
 		return []string{"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
 	case "status", "scale", "finalize":
 		if sub == "finalize" {
@@ -404,6 +414,16 @@ func resources() []*resource {
 			newObj:   func() object { return &rbacv1.ClusterRoleBinding{} }, newList: func() runtime.Object { return &rbacv1.ClusterRoleBindingList{} },
 			nameFn: rbacName, defaults: defaultClusterRoleBinding,
 			validate: validateClusterRoleBinding, validateUpdate: validateClusterRoleBindingUpdate,
+		},
+		{
+			gvk: selfSubjectAccessReviewGVK, plural: "selfsubjectaccessreviews", singular: "selfsubjectaccessreview",
+			newObj: func() object { return &authorizationv1.SelfSubjectAccessReview{} },
+			review: (*request).selfSubjectAccessReview,
+		},
+		{
+			gvk: selfSubjectReviewGVK, plural: "selfsubjectreviews", singular: "selfsubjectreview",
+			newObj: func() object { return &authenticationv1.SelfSubjectReview{} },
+			review: (*request).selfSubjectReview,
 		},
 	}
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -15,7 +16,9 @@ import (
 )
 
 // scheme knows every type the API serves or accepts in a request body
-// (objects, lists, Status, DeleteOptions, Binding, Eviction, Scale).
+// (objects, lists, Status, DeleteOptions, Binding, Eviction, Scale,
+// SelfSubjectAccessReview; TokenRequest and SelfSubjectReview come with
+// authentication/v1 in tokenrequest.go).
 var (
 	scheme = newScheme()
 	codecs = serializer.NewCodecFactory(scheme)
@@ -38,6 +41,7 @@ func newScheme() *runtime.Scheme {
 	utilruntime.Must(policyv1.AddToScheme(s))
 	utilruntime.Must(autoscalingv1.AddToScheme(s))
 	utilruntime.Must(rbacv1.AddToScheme(s))
+	utilruntime.Must(authorizationv1.AddToScheme(s))
 	utilruntime.Must(metav1.AddMetaToScheme(s))
 	s.AddUnversionedTypes(metav1.SchemeGroupVersion,
 		&metav1.ListOptions{}, &metav1.GetOptions{}, &metav1.DeleteOptions{},

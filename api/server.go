@@ -83,6 +83,9 @@ type Config struct {
 	// Middleware wraps the resource and discovery handlers: the seam for
 	// authentication and authorization (nil = none).
 	Middleware func(http.Handler) http.Handler
+	// Authorizer answers SelfSubjectAccessReviews for the user Middleware
+	// put in the request context (*auth.Auth); nil = they answer 503.
+	Authorizer Authorizer
 	// Seal encrypts Secrets at rest: the stored bytes of every Secret go
 	// through it on write and back on read (nil = stored as plaintext).
 	Seal Sealer

@@ -158,6 +158,12 @@ func TestSecurity(t *testing.T) {
 			}
 			return out
 		}
+		if who := kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"); who != pki.AdminUser {
+			t.Errorf("kubectl auth whoami with the admin kubeconfig: %q", who)
+		}
+		if yes := kubectl("auth", "can-i", "delete", "nodes", "--all-namespaces"); strings.TrimSpace(yes) != "yes" {
+			t.Errorf("kubectl auth can-i delete nodes as the admin: %q", yes)
+		}
 		kubectl("-n", "sec", "create", "role", "cm-writer", "--verb=create,get,list", "--resource=configmaps")
 		kubectl("-n", "sec", "create", "rolebinding", "nobody-cm", "--role=cm-writer", "--serviceaccount=sec:nobody")
 		waitFor(t, 10*time.Second, "the RoleBinding to take effect", func() (bool, string) {

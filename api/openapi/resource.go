@@ -33,7 +33,8 @@ type Resource struct {
 	// means: look the kind up in client-go's scheme.
 	Object runtime.Object
 	// List is a pointer to the list type, e.g. &corev1.PodList{}. Nil means:
-	// look Kind+"List" up in client-go's scheme.
+	// look Kind+"List" up in client-go's scheme; without the list verb
+	// there is none.
 	List runtime.Object
 }
 
@@ -123,6 +124,9 @@ func newResource(in Resource) (*resource, error) {
 	var err error
 	if r.obj, err = goType(in.Object, gvk); err != nil {
 		return nil, fmt.Errorf("resource %s: %w", in.Plural, err)
+	}
+	if !r.has("list") {
+		return r, nil // a review (create only) has no list kind
 	}
 	if r.list, err = goType(in.List, gvk.GroupVersion().WithKind(gvk.Kind+"List")); err != nil {
 		return nil, fmt.Errorf("resource %s: %w", in.Plural, err)

@@ -334,6 +334,7 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 		Gatherer:          reg,
 		APIPort:           o.apiPort,
 		Middleware:        authn.Middleware,
+		Authorizer:        authn,
 		Seal:              live,
 		ServiceAccountKey: saKey,
 		RootCA:            creds.CAPEM(),
