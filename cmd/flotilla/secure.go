@@ -223,17 +223,32 @@ func preBootstrap(creds *join.ServerCreds, token string, names certNames, self s
 		if addr == "" {
 			return fmt.Errorf("server %s advertises no API address", first.Name)
 		}
-		jctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		b, err := join.JoinServer(jctx, join.JoinConfig{
-			APIAddrs: []string{addr}, Token: token, Role: "server", Name: self, IPs: names.ips, Timeout: 5 * time.Second,
-		})
-		if err != nil {
+		if err := fetchKeys(ctx, creds, token, "", names, self, []string{addr}, 5*time.Second); err != nil {
 			return fmt.Errorf("fetch the cluster's keys from %s: %w", first.Name, err)
 		}
 		log.Info("received the cluster CA and keys", "from", first.Name)
-		return creds.Install(b, self, names.ips, names.dns)
+		return nil
 	}
+}
+
+// fetchKeys gets the cluster's keys from a server at one of addrs (the
+// token-sealed exchange, or the join-token flow when token is one, checked
+// against caHash) and installs them, issuing this server's certificate;
+// trying for at most timeout. Nothing is installed over keys that arrived
+// meanwhile by another way.
+func fetchKeys(ctx context.Context, creds *join.ServerCreds, token, caHash string, names certNames, self string, addrs []string, timeout time.Duration) error {
+	jctx, cancel := context.WithTimeout(ctx, timeout+2*time.Second)
+	defer cancel()
+	b, err := join.JoinServer(jctx, join.JoinConfig{
+		APIAddrs: addrs, Token: token, CAHash: caHash, Role: "server", Name: self, IPs: names.ips, Timeout: timeout,
+	})
+	if err != nil {
+		return err
+	}
+	if creds.Ready() {
+		return nil
+	}
+	return creds.Install(b, self, names.ips, names.dns)
 }
 
 // fetchCreds keeps asking the known servers for the cluster's keys until
@@ -264,18 +279,8 @@ func fetchCreds(ctx context.Context, creds *join.ServerCreds, token string, name
 		if len(addrs) == 0 || creds.Ready() {
 			continue
 		}
-		jctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		b, err := join.JoinServer(jctx, join.JoinConfig{APIAddrs: addrs, Token: token, Role: "server", Name: self, IPs: names.ips, Timeout: 5 * time.Second})
-		cancel()
-		if err != nil {
+		if err := fetchKeys(ctx, creds, token, "", names, self, addrs, 5*time.Second); err != nil {
 			log.Debug("cluster keys not fetched yet", "err", err)
-			continue
-		}
-		if creds.Ready() {
-			return
-		}
-		if err := creds.Install(b, self, names.ips, names.dns); err != nil {
-			log.Warn("install the cluster's keys", "err", err)
 			continue
 		}
 		log.Info("received the cluster CA and keys")
@@ -487,18 +492,8 @@ func joinRunning(ctx context.Context, o *serverOptions, token string, names cert
 	if token == "" || o.bootstrapExpect == 0 {
 		return false
 	}
-	jctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	b, err := join.JoinServer(jctx, join.JoinConfig{
-		APIAddrs: apiAddrsFor(o.join, o.apiPort), Token: token, Role: "server",
-		Name: o.name, IPs: names.ips, Timeout: time.Second,
-	})
-	if err != nil {
+	if err := fetchKeys(ctx, creds, token, "", names, o.name, apiAddrsFor(o.join, o.apiPort), time.Second); err != nil {
 		log.Debug("no running cluster answered at the join addresses; bootstrapping", "err", err)
-		return false
-	}
-	if err := creds.Install(b, o.name, names.ips, names.dns); err != nil {
-		log.Warn("install the running cluster's keys", "err", err)
 		return false
 	}
 	log.Info("joined a running cluster's keys")

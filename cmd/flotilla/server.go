@@ -157,15 +157,8 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 			return errors.New("--join is required to join with a token")
 		}
 		log.Info("joining the cluster's credentials", "via", apiAddrsFor(o.join, o.apiPort))
-		b, err := join.JoinServer(ctx, join.JoinConfig{
-			APIAddrs: apiAddrsFor(o.join, o.apiPort), Token: token, CAHash: o.caHash,
-			Role: "server", Name: o.name, IPs: names.ips, Timeout: cluster.DefaultJoinTimeout,
-		})
-		if err != nil {
+		if err := fetchKeys(ctx, creds, token, o.caHash, names, o.name, apiAddrsFor(o.join, o.apiPort), cluster.DefaultJoinTimeout); err != nil {
 			return fmt.Errorf("join: %w", err)
-		}
-		if err := creds.Install(b, o.name, names.ips, names.dns); err != nil {
-			return err
 		}
 	}
 	gossipKeys, err := loadGossipKeys(o.dataDir, creds, token)
