@@ -212,8 +212,14 @@ func walkRaftDB(path string) (st raftDBState, err error) {
 
 // lockDataDir takes an exclusive flock on <dir>/LOCK. flock is per open file
 // description, so it also keeps out a second Node in the same process.
-func lockDataDir(dir string) (*os.File, error) {
-	path := filepath.Join(dir, lockFileName)
+func lockDataDir(dir string) (*os.File, error) { return LockDataDir(dir, lockFileName) }
+
+// LockDataDir takes an exclusive flock on <dir>/<name> (holding it until the
+// file is closed) and writes the pid into it, for people; a second holder
+// gets "in use by another flotilla server". The server process takes its
+// own lock (another name) before it touches the keys in the data dir.
+func LockDataDir(dir, name string) (*os.File, error) {
+	path := filepath.Join(dir, name)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("data dir %s is not writable: %w", dir, err)

@@ -1,9 +1,7 @@
 package auth
 
 import (
-	"bufio"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -65,44 +63,3 @@ func (a *Auth) writeAudit(r *http.Request, u *User, code int, start time.Time) {
 		a.log.Error("audit: write", "error", err)
 	}
 }
-
-// statusRecorder remembers the response code for the audit line. It keeps
-// Flush and Hijack (watches, exec upgrades) and Unwrap for
-// http.ResponseController.
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	if s.code == 0 {
-		s.code = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusRecorder) Write(b []byte) (int, error) {
-	if s.code == 0 {
-		s.code = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
-}
-
-func (s *statusRecorder) Flush() {
-	if f, ok := s.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (s *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	h, ok := s.ResponseWriter.(http.Hijacker)
-	if !ok {
-		return nil, nil, errors.New("hijack not supported")
-	}
-	if s.code == 0 {
-		s.code = http.StatusSwitchingProtocols
-	}
-	return h.Hijack()
-}
-
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"flotilla/fsm"
+	"flotilla/internal/httprec"
 )
 
 // Config configures an Auth. Zero values are defaults, except Store.
@@ -182,10 +183,13 @@ func (a *Auth) serve(w http.ResponseWriter, r *http.Request, next http.Handler, 
 		next.ServeHTTP(w, r)
 		return
 	}
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := &httprec.Recorder{ResponseWriter: w}
 	defer func() {
-		code := rec.code
-		if code == 0 {
+		code := rec.Code
+		switch {
+		case code == 0 && rec.Hijacked:
+			code = http.StatusSwitchingProtocols
+		case code == 0:
 			code = http.StatusOK
 		}
 		a.writeAudit(r, u, code, start)

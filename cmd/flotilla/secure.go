@@ -23,7 +23,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"flotilla/api"
@@ -462,25 +461,6 @@ func sealPeers(node *cluster.Node, apiPort int) func() []string {
 		}
 		return out
 	}
-}
-
-// lockServerDir keeps a second server off a data dir before it touches the
-// keys there (the cluster takes its own lock on the Raft state later, too
-// late to protect the certificates from being reissued under another name).
-func lockServerDir(dir string) (*os.File, error) {
-	path := filepath.Join(dir, "server.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("data dir %s is not writable: %w", dir, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("data dir %s is in use by another flotilla server (lock file %s)", dir, path)
-		}
-		return nil, fmt.Errorf("lock data dir %s: %w", dir, err)
-	}
-	return f, nil
 }
 
 // joinRunning asks the --join hosts once, briefly, whether a cluster with

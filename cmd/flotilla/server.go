@@ -114,7 +114,9 @@ func runServer(ctx context.Context, o *serverOptions, log *slog.Logger) error {
 		return fmt.Errorf("data dir: %w", err)
 	}
 
-	lock, err := lockServerDir(o.dataDir)
+	// The cluster locks its Raft state later, too late to keep a second
+	// server from reissuing the certificates here under another name.
+	lock, err := cluster.LockDataDir(o.dataDir, "server.lock")
 	if err != nil {
 		return err
 	}

@@ -195,10 +195,6 @@ func requestMACInput(req *serverJoinRequest) []byte {
 	return append(b, strings.Join(req.IPs, ",")...)
 }
 
-func computeMAC(key []byte, nonce []byte, t int64, name string) []byte {
-	return macOf(key, macInput(nonce, t, name))
-}
-
 func macOf(key, input []byte) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write(input)

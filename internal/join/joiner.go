@@ -272,25 +272,9 @@ func serverTokenAgentJoin(ctx context.Context, cfg JoinConfig, addr string, csr,
 	for i, ip := range cfg.IPs {
 		ips[i] = ip.String()
 	}
-	req := serverJoinRequest{Name: cfg.Name, Nonce: pki.RandomKey(), Time: time.Now().Unix(), Role: RoleAgent, CSR: string(csr), IPs: ips}
-	aad := requestMACInput(&req)
-	req.MAC = macOf(derive(cfg.Token, infoMAC), aad)
-	client := httpClient(&tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true})
-	data, err := do(ctx, client, http.MethodPost, endpoint(addr, PathServer), nil, req)
-	if err != nil {
-		return nil, err
-	}
-	var resp serverJoinResponse
-	if err := json.Unmarshal(data, &resp); err != nil {
-		return nil, permanent(fmt.Errorf("%w: %s: %v", ErrRejected, addr, err))
-	}
-	plain, err := open(derive(cfg.Token, infoSeal), resp.Sealed, aad)
-	if err != nil {
-		return nil, permanent(fmt.Errorf("%w: %s could not prove it holds the server token (sealed answer does not open)", ErrRejected, addr))
-	}
 	var jr joinResponse
-	if err := json.Unmarshal(plain, &jr); err != nil {
-		return nil, permanent(fmt.Errorf("%w: %s: %v", ErrRejected, addr, err))
+	if err := sealedExchange(ctx, cfg, addr, serverJoinRequest{Role: RoleAgent, CSR: string(csr), IPs: ips}, &jr); err != nil {
+		return nil, err
 	}
 	n := &NodeCreds{CACert: []byte(jr.CA), Cert: []byte(jr.Cert), Key: key, GossipKeys: jr.GossipKeys}
 	if err := n.check(cfg.Name); err != nil {
@@ -300,35 +284,41 @@ func serverTokenAgentJoin(ctx context.Context, cfg JoinConfig, addr string, csr,
 }
 
 func serverTokenJoin(ctx context.Context, cfg JoinConfig, addr string) (*Bundle, error) {
-	nonce := pki.RandomKey()
-	now := time.Now().Unix()
-	req := serverJoinRequest{
-		Name:  cfg.Name,
-		Nonce: nonce,
-		Time:  now,
-		MAC:   computeMAC(derive(cfg.Token, infoMAC), nonce, now, cfg.Name),
-	}
-	client := httpClient(&tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true})
-	data, err := do(ctx, client, http.MethodPost, endpoint(addr, PathServer), nil, req)
-	if err != nil {
-		return nil, err
-	}
-	var resp serverJoinResponse
-	if err := json.Unmarshal(data, &resp); err != nil {
-		return nil, permanent(fmt.Errorf("%w: %s: %v", ErrRejected, addr, err))
-	}
-	plain, err := open(derive(cfg.Token, infoSeal), resp.Sealed, macInput(nonce, now, cfg.Name))
-	if err != nil {
-		return nil, permanent(fmt.Errorf("%w: %s could not prove it holds the server token (sealed answer does not open)", ErrRejected, addr))
-	}
 	var b Bundle
-	if err := json.Unmarshal(plain, &b); err != nil {
-		return nil, permanent(fmt.Errorf("%w: %s: bundle: %v", ErrRejected, addr, err))
+	if err := sealedExchange(ctx, cfg, addr, serverJoinRequest{}, &b); err != nil {
+		return nil, err
 	}
 	if err := b.Validate(); err != nil {
 		return nil, permanent(fmt.Errorf("%w: %s: %v", ErrRejected, addr, err))
 	}
 	return &b, nil
+}
+
+// sealedExchange is one server-token exchange with addr: req (its role
+// fields, if any) goes out with a fresh nonce, the time and cfg.Name under
+// the token's MAC; the sealed answer is opened and decoded into out. A
+// server that cannot seal with the token is refused for good.
+func sealedExchange(ctx context.Context, cfg JoinConfig, addr string, req serverJoinRequest, out any) error {
+	req.Name, req.Nonce, req.Time = cfg.Name, pki.RandomKey(), time.Now().Unix()
+	aad := requestMACInput(&req)
+	req.MAC = macOf(derive(cfg.Token, infoMAC), aad)
+	client := httpClient(&tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true})
+	data, err := do(ctx, client, http.MethodPost, endpoint(addr, PathServer), nil, req)
+	if err != nil {
+		return err
+	}
+	var resp serverJoinResponse
+	if err := json.Unmarshal(data, &resp); err != nil {
+		return permanent(fmt.Errorf("%w: %s: %v", ErrRejected, addr, err))
+	}
+	plain, err := open(derive(cfg.Token, infoSeal), resp.Sealed, aad)
+	if err != nil {
+		return permanent(fmt.Errorf("%w: %s could not prove it holds the server token (sealed answer does not open)", ErrRejected, addr))
+	}
+	if err := json.Unmarshal(plain, out); err != nil {
+		return permanent(fmt.Errorf("%w: %s: answer: %v", ErrRejected, addr, err))
+	}
+	return nil
 }
 
 // tokenJoin is the join-token flow with one server: fetch the CA, check
