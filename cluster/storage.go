@@ -212,12 +212,22 @@ func walkRaftDB(path string) (st raftDBState, err error) {
 
 // lockDataDir takes an exclusive flock on <dir>/LOCK. flock is per open file
 // description, so it also keeps out a second Node in the same process.
-func lockDataDir(dir string) (*os.File, error) { return LockDataDir(dir, lockFileName) }
+func lockDataDir(dir string) (*os.File, error) {
+	f, err := LockDataDir(dir, lockFileName)
+	if err != nil {
+		return nil, err
+	}
+	// The pid is for people; the lock is the flock.
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
+}
 
-// LockDataDir takes an exclusive flock on <dir>/<name> (holding it until the
-// file is closed) and writes the pid into it, for people; a second holder
-// gets "in use by another flotilla server". The server process takes its
-// own lock (another name) before it touches the keys in the data dir.
+// LockDataDir takes an exclusive flock on <dir>/<name>, held until the file
+// is closed; a second holder gets "in use by another flotilla server". The
+// server process takes its own lock (another name) before it touches the
+// keys in the data dir.
 func LockDataDir(dir, name string) (*os.File, error) {
 	path := filepath.Join(dir, name)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -230,10 +240,6 @@ func LockDataDir(dir, name string) (*os.File, error) {
 			return nil, fmt.Errorf("data dir %s is in use by another flotilla server (lock file %s)", dir, path)
 		}
 		return nil, fmt.Errorf("lock data dir %s (lock file %s): %w", dir, path, err)
-	}
-	// The pid is for people; the lock is the flock.
-	if err := f.Truncate(0); err == nil {
-		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return f, nil
 }
